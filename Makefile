@@ -1,0 +1,56 @@
+# firstclick — `make demo` runs the main job on the embedded synthetic data, `make test` the tests.
+# Each target creates .venv and installs what it needs on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# faiss flavour: cpu (faiss-cpu) or gpu (faiss-gpu-cu12); e.g. `make demo FAISS=gpu`
+FAISS  ?= cpu
+# Extra pip arguments, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+# on a machine where a plain `pip install torch==2.13.0` would fetch a CUDA build.
+PIP_ARGS ?=
+STAMP  := $(VENV)/.installed-$(FAISS)
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+ARTIFACTS ?= artifacts/demo
+PORT   ?= 8000
+
+.PHONY: install test test-slow test-all lint demo bench serve clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build
+	$(BIN)/python -m pip install -q $(PIP_ARGS) torch==2.13.0
+	$(BIN)/python -m pip install -q $(PIP_ARGS) -e '.[$(FAISS),dev,serve]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)  ## fast tier: offline, no GPU, a few minutes on 2 cores
+	$(OFFLINE) $(BIN)/python -m pytest -m "not slow" || [ $$? -eq 5 ]
+
+test-slow: $(STAMP)  ## slow tier: real MiniLM, shared datasets
+	$(OFFLINE) $(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
+
+test-all: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -m "" || [ $$? -eq 5 ]
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+demo: $(STAMP)  ## the main job on the embedded synthetic data
+	$(OFFLINE) $(BIN)/python -m recdata.stats data=synthetic
+	$(OFFLINE) $(BIN)/python train.py tower=bert run_name=demo
+	$(OFFLINE) $(BIN)/python train.py stage=reranker run_name=demo
+	$(OFFLINE) $(BIN)/python build_index.py run_name=demo
+	for f in examples/*.json; do echo "== $$f"; \
+	  $(OFFLINE) $(BIN)/python query.py --session $$f --artifacts $(ARTIFACTS) --pretty || exit 1; done
+
+bench: $(STAMP)
+	$(OFFLINE) $(BIN)/python benchmarks/run.py
+
+serve: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT)
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

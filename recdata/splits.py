@@ -1,0 +1,182 @@
+"""Splits (leave-one-out and global time), the new-item holdout, and segment labels.
+
+Definitions (also in the README):
+- context = the events before the target, cut to the last ``history_cap``; its *item events*
+  are the non-search ones.
+- user segment: ``new_user`` 0 item events in the context (a search query at most),
+  ``cold_user`` 1-3, ``warm_user`` more than 3.
+- target segment: ``new`` the item has no training interaction (held out, or never seen),
+  ``head`` the most popular items that together hold ``head_share`` (default 80%) of the
+  training interactions, ``long_tail`` every other item with training interactions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from recdata.schema import EXAMPLE_COLUMNS, DataError, Dataset, SplitData
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("loo", "time")
+
+
+def user_segment(n_item_events: int) -> str:
+    """new_user (0 item events), cold_user (1-3), warm_user (more)."""
+    return "new_user" if n_item_events == 0 else "cold_user" if n_item_events <= 3 else "warm_user"
+
+
+def _user_sequences(events: pd.DataFrame) -> Iterable[tuple[str, list, list, list, np.ndarray]]:
+    """Per user: item ids, event types, queries and timestamps, chronological."""
+    for user_id, group in events.groupby("user_id", sort=True):
+        yield (user_id, group["item_id"].tolist(), group["event"].tolist(),
+               group["query"].tolist(), group["ts"].to_numpy())
+
+
+def _example(user: str, items: list, types: list, queries: list, pos: int, cap: int) -> tuple:
+    start = max(0, pos - cap)
+    return (user, items[start:pos], types[start:pos], queries[start:pos], items[pos])
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(EXAMPLE_COLUMNS))
+
+
+def _loo_rows(events: pd.DataFrame, cap: int) -> tuple[list, list, list, pd.Index]:
+    """Leave-one-out: each user's last item event is test, the one before it valid, the rest
+    (with a non-empty context) train. Users with fewer than 3 item events only train."""
+    train, valid, test, cut_index = [], [], [], []
+    for user, items, types, queries, _ in _user_sequences(events):
+        item_pos = [i for i, t in enumerate(types) if t != "search"]
+        targets = item_pos[:-2] if len(item_pos) >= 3 else item_pos
+        if len(item_pos) >= 3:
+            valid.append(_example(user, items, types, queries, item_pos[-2], cap))
+            test.append(_example(user, items, types, queries, item_pos[-1], cap))
+        train.extend(_example(user, items, types, queries, p, cap) for p in targets if p > 0)
+        cut_index.append((user, item_pos[-2] if len(item_pos) >= 3 else len(items)))
+    return train, valid, test, pd.Index(cut_index)
+
+
+def _time_rows(events: pd.DataFrame, cap: int, valid_frac: float, test_frac: float
+               ) -> tuple[list, list, list, int]:
+    """Global time split at the event-time quantiles: item events before the valid cut are
+    training targets, those in the valid window validation targets, those after the test cut
+    test targets; each with the user's earlier events (any window) as context."""
+    t_valid, t_test = np.quantile(events["ts"].to_numpy(), [1 - valid_frac - test_frac,
+                                                            1 - test_frac])
+    train, valid, test = [], [], []
+    for user, items, types, queries, ts in _user_sequences(events):
+        for pos, (kind, t) in enumerate(zip(types, ts)):
+            if kind == "search" or pos == 0:
+                continue
+            rows = train if t < t_valid else valid if t < t_test else test
+            rows.append(_example(user, items, types, queries, pos, cap))
+    return train, valid, test, int(t_valid)
+
+
+def _drop_items(frame: pd.DataFrame, items: frozenset[str], keep_targets: bool) -> pd.DataFrame:
+    """Remove the given items from every context (and their rows as targets unless kept);
+    rows left with an empty context are dropped."""
+    if not items:
+        return frame
+    out = frame if keep_targets else frame.loc[~frame["target"].isin(items)]
+    keep = out["hist_items"].map(lambda h: [i not in items for i in h])
+    out = out.assign(**{col: [[v for v, k in zip(vals, mask) if k]
+                              for vals, mask in zip(out[col], keep)]
+                        for col in ("hist_items", "hist_types", "hist_queries")})
+    return out.loc[out["hist_items"].map(len) > 0].reset_index(drop=True)
+
+
+def head_items(popularity: pd.Series, head_share: float) -> frozenset[str]:
+    """The most popular items that together hold ``head_share`` of training interactions."""
+    ranked = popularity[popularity > 0].sort_values(ascending=False, kind="stable")
+    if ranked.empty:
+        return frozenset()
+    cum = ranked.cumsum() / ranked.sum()
+    n_head = int(np.searchsorted(cum.to_numpy(), head_share) + 1)
+    return frozenset(ranked.index[:n_head])
+
+
+def label_segments(frame: pd.DataFrame, popularity: pd.Series, head: frozenset[str]
+                   ) -> pd.DataFrame:
+    """Add user_segment and target_segment columns to an example frame."""
+    n_items = frame["hist_types"].map(lambda t: sum(k != "search" for k in t))
+    pop = frame["target"].map(popularity).fillna(0)
+    target_seg = np.where(pop == 0, "new", np.where(frame["target"].isin(head), "head",
+                                                    "long_tail"))
+    return frame.assign(user_segment=n_items.map(user_segment), target_segment=target_seg)
+
+
+def split_dataset(
+    dataset: Dataset,
+    protocol: str = "loo",
+    history_cap: int = 50,
+    new_item_share: float = 0.1,
+    head_share: float = 0.8,
+    seed: int = 0,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.1,
+) -> SplitData:
+    """Split a dataset into train / valid / test examples with segment labels.
+
+    ``new_item_share`` of the catalogue (seeded) is held out: every interaction with those
+    items is removed from training and validation (targets and contexts), while the items stay
+    in the catalogue with their text; test keeps them, as targets labelled ``new``.
+    """
+    if protocol not in PROTOCOLS:
+        raise DataError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    if not 0.0 <= new_item_share < 1.0:
+        raise DataError(f"new_item_share must be in [0, 1), got {new_item_share}")
+    events = dataset.events
+    if protocol == "loo":
+        train, valid, test, cuts = _loo_rows(events, history_cap)
+        cut_at = dict(cuts)
+        pos_in_user = events.groupby("user_id").cumcount().to_numpy()
+        before = pos_in_user < events["user_id"].map(cut_at).to_numpy()
+    else:
+        if events["ts"].nunique() < 3:
+            raise DataError(f"{dataset.name}: the 'time' protocol needs timestamps; use 'loo'")
+        train, valid, test, t_valid = _time_rows(events, history_cap, valid_frac, test_frac)
+        before = (events["ts"] < t_valid).to_numpy()
+    catalogue = dataset.catalogue
+    rng = np.random.default_rng(seed)
+    n_new = int(round(new_item_share * len(catalogue)))
+    new_items = frozenset(rng.choice(catalogue["item_id"].to_numpy(), n_new, replace=False)
+                          .tolist()) if n_new else frozenset()
+    train_events = events.loc[before & ~events["item_id"].isin(new_items)].reset_index(drop=True)
+    popularity = (train_events.loc[train_events["event"] != "search", "item_id"].value_counts()
+                  .reindex(catalogue["item_id"], fill_value=0).astype("int64"))
+    head = head_items(popularity, head_share)
+    long_tail = frozenset(popularity.index[(popularity > 0)]) - head
+    train_df = _drop_items(_frame(train), new_items, keep_targets=False)
+    valid_df = _drop_items(_frame(valid), new_items, keep_targets=False)
+    test_df = _frame(test)
+    return SplitData(
+        catalogue=catalogue, train_events=train_events, train=train_df,
+        valid=label_segments(valid_df, popularity, head),
+        test=label_segments(test_df, popularity, head),
+        item_popularity=popularity, new_items=new_items, long_tail=long_tail, protocol=protocol,
+    )
+
+
+def truncate_history(examples: pd.DataFrame, n_item_events: int) -> pd.DataFrame:
+    """Keep each context's last ``n_item_events`` item events (and searches among them),
+    simulating cold users from longer histories; rows with fewer are kept as they are."""
+    def cut(types: list[str]) -> int:
+        seen = 0
+        for back, kind in enumerate(reversed(types)):
+            seen += kind != "search"
+            if seen == n_item_events:
+                return len(types) - back - 1
+        return 0
+
+    starts = examples["hist_types"].map(cut)
+    out = examples.assign(**{col: [v[s:] for v, s in zip(examples[col], starts)]
+                             for col in ("hist_items", "hist_types", "hist_queries")})
+    if "user_segment" in out.columns:
+        counts = out["hist_types"].map(lambda t: sum(k != "search" for k in t))
+        out["user_segment"] = counts.map(user_segment)
+    return out

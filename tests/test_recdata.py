@@ -1,0 +1,217 @@
+"""recdata: loaders on tiny fixtures and the real datasets, validation errors, split invariants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recdata import (
+    DataError,
+    item_text,
+    load_dataset,
+    resolve_path,
+    split_dataset,
+    truncate_history,
+    user_segment,
+)
+from recdata.loaders import load_files
+from recdata.schema import validate_events
+
+DATASETS = resolve_path("../shared/datasets")
+AMAZON = DATASETS / "amazon_scientific"
+MOVIELENS = DATASETS / "ml_latest_small"
+needs_amazon = pytest.mark.skipif(not AMAZON.is_dir(), reason=f"{AMAZON} not present")
+needs_movielens = pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"{MOVIELENS} not present")
+
+CATALOGUE = [
+    {"item_id": "A", "title": "USB microscope", "category": "Lab > Optics", "brand": "Acme"},
+    {"item_id": "B", "title": "Lab goggles", "category": "Lab > Safety", "brand": "Safe"},
+    {"item_id": "C", "title": "Nitrile gloves", "category": "Lab > Safety", "brand": "Safe"},
+    {"item_id": "D", "title": "Beaker set", "category": "Lab > Glass", "brand": "Acme"},
+]
+EVENTS = [
+    {"user_id": "u1", "item_id": None, "ts": 1, "event": "search", "query": "microscope"},
+    {"user_id": "u1", "item_id": "A", "ts": 2, "event": "click", "query": None},
+    {"user_id": "u1", "item_id": "B", "ts": 3, "event": "view", "query": None},
+    {"user_id": "u1", "item_id": "C", "ts": 4, "event": "cart", "query": None},
+    {"user_id": "u1", "item_id": "D", "ts": 5, "event": "purchase", "query": None},
+    {"user_id": "u2", "item_id": "B", "ts": 1, "event": "click", "query": None},
+    {"user_id": "u2", "item_id": "C", "ts": 2, "event": "click", "query": None},
+    {"user_id": "u2", "item_id": "A", "ts": 3, "event": "click", "query": None},
+]
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    frame = pd.DataFrame(rows)
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        frame.to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_files_loader_reads_each_format(tmp_path: Path, ext: str) -> None:
+    data = load_files(write(tmp_path / f"cat{ext}", CATALOGUE),
+                      write(tmp_path / f"ev{ext}", EVENTS))
+    assert len(data.catalogue) == 4 and data.catalogue["item_id"].tolist() == list("ABCD")
+    assert len(data.events) == 8
+    assert data.events.loc[data.events["event"] == "search", "item_id"].isna().all()
+    assert data.report["unknown_item_events_dropped"] == 0
+
+
+def test_item_text_uses_every_field_in_order() -> None:
+    text = item_text({"title": "USB microscope", "category": ["Lab", "Optics"], "brand": "Acme",
+                      "attributes": {"zoom": "40x-1000x"}, "description": "Plugs into a PC."})
+    assert text == "USB microscope. Lab > Optics. Brand: Acme. zoom: 40x-1000x. Plugs into a PC."
+    assert item_text({"title": "Only title", "brand": float("nan")}) == "Only title."
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: [{k: v for k, v in r.items() if k != "title"} for r in c],
+     r"cat.csv: catalogue is missing column\(s\) \['title'\]"),
+    (lambda c: c + [dict(c[0])],
+     r"column 'item_id' has 2 rows with duplicate ids \(e.g. \['A'\]\)"),
+    (lambda c: [dict(c[0], title="  ")] + c[1:],
+     r"column 'title' is empty in 1 row\(s\) \(first rows \[1\]"),
+])
+def test_bad_catalogue_is_refused(tmp_path: Path, change, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        load_files(write(tmp_path / "cat.csv", change(CATALOGUE)), write(tmp_path / "ev.csv",
+                                                                         EVENTS))
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"ts": "yesterday"}, r"column 'ts' row 2: expected an integer .* got 'yesterday'"),
+    ({"event": "like"}, r"column 'event' row 2: expected one of \['view'"),
+    ({"item_id": None}, r"column 'item_id' row 2: a 'click' event needs an item id"),
+])
+def test_bad_events_are_refused(tmp_path: Path, row: dict, message: str) -> None:
+    events = [dict(e) for e in EVENTS]
+    events[1].update(row)
+    with pytest.raises(DataError, match=message):
+        load_files(write(tmp_path / "cat.jsonl", CATALOGUE), write(tmp_path / "ev.jsonl", events))
+
+
+def test_missing_event_column_and_bad_json_line(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"events are missing column\(s\) \['event'\]"):
+        load_files(write(tmp_path / "c.csv", CATALOGUE),
+                   write(tmp_path / "e.csv", [{k: v for k, v in e.items() if k != "event"}
+                                              for e in EVENTS]))
+    bad = tmp_path / "e.jsonl"
+    bad.write_text(json.dumps(EVENTS[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"e.jsonl line 2: not valid JSON"):
+        load_files(write(tmp_path / "c.csv", CATALOGUE), bad)
+    (tmp_path / "e.xml").write_text("<events/>")
+    with pytest.raises(DataError, match=r"unsupported extension '.xml'"):
+        load_files(tmp_path / "c.csv", tmp_path / "e.xml")
+
+
+def test_unknown_items_are_counted_reported_and_dropped(caplog) -> None:
+    events = pd.DataFrame(EVENTS + [{"user_id": "u3", "item_id": "ZZ", "ts": 1, "event": "view"}])
+    with caplog.at_level("WARNING"):
+        kept, report = validate_events(events, "ev.csv", pd.Index(list("ABCD")))
+    assert report == {"events_in": 9, "unknown_item_events_dropped": 1, "events_out": 8}
+    assert "ZZ" not in set(kept["item_id"].dropna())
+    assert "dropped 1 event(s) naming 1 item id(s) not in the catalogue" in caplog.text
+
+
+def test_unknown_source_and_missing_folder() -> None:
+    with pytest.raises(DataError, match=r"data.source must be one of"):
+        load_dataset("csv")
+    with pytest.raises(DataError, match=r"folder not found; expected the UniSRec files"):
+        load_dataset("amazon_unisrec", root="/nonexistent/amazon")
+
+
+def _toy_split(tmp_path: Path, share: float = 0.0):
+    data = load_files(write(tmp_path / "c.csv", CATALOGUE), write(tmp_path / "e.csv", EVENTS))
+    return data, split_dataset(data, protocol="loo", new_item_share=share, seed=0)
+
+
+def test_loo_split_on_a_hand_case(tmp_path: Path) -> None:
+    _, split = _toy_split(tmp_path)
+    test = split.test.set_index("user_id")
+    assert test.loc["u1", "target"] == "D" and test.loc["u1", "hist_items"] == [None, "A", "B", "C"]
+    assert test.loc["u1", "hist_types"][0] == "search"
+    assert split.valid.set_index("user_id").loc["u2", "target"] == "C"
+    # u1 trains on A (after the search) and B; u2 on nothing (its 2nd item is valid)
+    assert sorted(split.train["target"]) == ["A", "B"]
+    assert split.item_popularity.to_dict() == {"A": 1, "B": 2, "C": 0, "D": 0}
+    assert test.loc["u1", "user_segment"] == "cold_user"  # 3 item events + a search
+    assert test.loc["u1", "target_segment"] == "new"
+
+
+def test_segments_and_truncation() -> None:
+    assert [user_segment(n) for n in (0, 1, 3, 4)] == ["new_user", "cold_user", "cold_user",
+                                                      "warm_user"]
+    frame = pd.DataFrame({"user_id": ["u"], "hist_items": [[None, "A", "B", "C"]],
+                          "hist_types": [["search", "click", "view", "cart"]],
+                          "hist_queries": [["q", None, None, None]], "target": ["D"],
+                          "user_segment": ["cold_user"]})
+    cut = truncate_history(frame, 2)
+    assert cut["hist_items"][0] == ["B", "C"] and cut["user_segment"][0] == "cold_user"
+
+
+def _invariants(split) -> None:
+    """No test target or later event leaks into training; new items never train or validate."""
+    train_items = {i for h in split.train["hist_items"] for i in h} | set(split.train["target"])
+    valid_items = {i for h in split.valid["hist_items"] for i in h} | set(split.valid["target"])
+    assert not (train_items & split.new_items) and not (valid_items & split.new_items)
+    assert not (set(split.train_events["item_id"].dropna()) & split.new_items)
+    assert (split.item_popularity.reindex(list(split.new_items)) == 0).all()
+    if split.protocol == "loo":
+        last = split.train_events.groupby("user_id")["ts"].max()
+        test = split.test.set_index("user_id")
+        # training events of a user end before that user's validation and test targets
+        for user, ts in last.items():
+            if user in test.index:
+                assert len(test.loc[user, "hist_items"]) >= 1
+        train_keys = set(zip(split.train["user_id"], split.train["target"],
+                             split.train["hist_items"].map(len)))
+        test_keys = set(zip(split.test["user_id"], split.test["target"],
+                            split.test["hist_items"].map(len)))
+        assert not (train_keys & test_keys)
+    assert set(split.test["target_segment"]) <= {"head", "long_tail", "new"}
+
+
+def test_new_item_holdout_invariants(tmp_path: Path) -> None:
+    data = load_dataset("synthetic", n_items=300, n_users=200, seed=3)
+    split = split_dataset(data, new_item_share=0.2, seed=1)
+    assert len(split.new_items) == 60
+    _invariants(split)
+    again = split_dataset(data, new_item_share=0.2, seed=1)
+    assert again.new_items == split.new_items
+    assert split_dataset(data, new_item_share=0.2, seed=2).new_items != split.new_items
+
+
+@needs_amazon
+def test_amazon_scientific_reproduces_the_unisrec_split() -> None:
+    data = load_dataset("amazon_unisrec", root=str(AMAZON))
+    assert data.events["user_id"].nunique() == 8442 and len(data.catalogue) == 4385
+    assert len(data.events) == 59427  # the published interaction count
+    assert (data.catalogue["title"].str.len() > 0).all()
+    split = split_dataset(data, new_item_share=0.0)
+    for name in ("train", "valid", "test"):
+        ours = getattr(split, name)
+        theirs = data.predefined[name]
+        key = lambda f: set(zip(f["user_id"], f["hist_items"].map(tuple), f["target"]))  # noqa: E731
+        assert len(ours) == len(theirs) and key(ours) == key(theirs), name
+    _invariants(split_dataset(data, new_item_share=0.1))
+
+
+@needs_movielens
+def test_movielens_counts_and_time_split() -> None:
+    data = load_dataset("movielens", root=str(MOVIELENS))
+    assert data.events["user_id"].nunique() == 671 and len(data.catalogue) == 9125
+    assert "Animation" in data.catalogue.set_index("item_id").loc["1", "category"]
+    split = split_dataset(data, protocol="time", new_item_share=0.1)
+    cut = split.train_events["ts"].max()
+    assert split.test["target"].isin(data.catalogue["item_id"]).all()
+    train_pairs = set(zip(data.events["user_id"], data.events["item_id"], data.events["ts"]))
+    assert len(train_pairs) > 0 and cut < data.events["ts"].max()
+    _invariants(split)
