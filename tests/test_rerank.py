@@ -1,0 +1,333 @@
+"""Tests of rerank/: context text, training pairs, policy and blending, model options, training.
+
+A tiny random BERT cross-encoder is built locally (no download). Random weights score all texts
+nearly alike, so semantic checks are out; the tests check shapes, determinism, the training
+loop on an easy synthetic task, and save/load and int8 agreement on the trained tiny model.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from recdata.schema import DataError
+from rerank import (
+    Reranker,
+    RerankError,
+    RerankPolicy,
+    build_groups,
+    build_pairs,
+    evaluate_groups,
+    rank_metrics,
+    session_context_text,
+    standardize_scores,
+    train_reranker,
+)
+
+WORDS = [f"w{i}" for i in range(80)]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = SPECIAL + ["search", "click", "view", "cart", ":", "|", "."] + WORDS
+
+
+def _write_tiny_cross_encoder(path: Path, initializer_range: float = 0.02) -> Path:
+    """A 2-layer, 32-wide random BERT sequence classifier with a 92-word vocabulary."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=37, num_labels=1,
+                        max_position_embeddings=128, initializer_range=initializer_range)
+    BertForSequenceClassification(config).save_pretrained(path)
+    # transformers 5: the vocabulary is passed as `vocab=`; `vocab_file=` is silently ignored.
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_tiny_cross_encoder(tmp_path_factory.mktemp("tiny_cross_encoder"))
+
+
+@pytest.fixture(scope="module")
+def spread_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same, with 10x the init scale, so different pairs get clearly different scores."""
+    return _write_tiny_cross_encoder(tmp_path_factory.mktemp("spread"), initializer_range=0.2)
+
+
+def _easy_task(n: int, seed: int) -> tuple[list[tuple[str, str, float]], list]:
+    """Context words come from w0-w39; the positive repeats them, negatives use w40-w79 only."""
+    rng = random.Random(seed)
+    pairs, groups = [], []
+    for _ in range(n):
+        context_words = rng.sample(WORDS[:40], 3)
+        context = "search: " + " ".join(context_words)
+        positive = " ".join(rng.sample(context_words, 3))
+        negatives = [" ".join(rng.sample(WORDS[40:], 3)) for _ in range(3)]
+        pairs += [(context, positive, 1.0), (context, negatives[0], 0.0)]
+        groups.append((context, negatives + [positive], 3))
+    return pairs, groups
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny reranker after 30 steps on the easy task, saved."""
+    reranker = Reranker(tiny_model_dir, max_length=32)
+    pairs, groups = _easy_task(300, seed=0)
+    train_reranker(reranker, pairs, groups[:10], batch_size=16, lr=1e-2, max_steps=30,
+                   show_progress=False)
+    path = tmp_path_factory.mktemp("trained") / "reranker"
+    reranker.save(path)
+    return path
+
+
+# --- context text -----------------------------------------------------------------------------
+
+def test_context_text_most_recent_first_with_queries_and_titles() -> None:
+    titles = {"a": "Acme LED microscope", "b": "Glass slides 50 pack"}
+    text = session_context_text(
+        ["b", None, "a", "a"], ["view", "search", "view", "click"],
+        [None, "usb microscope", None, None], titles,
+    )
+    # "a" appears twice: shown once, at its most recent event (the click)
+    assert text == ("click: Acme LED microscope | search: usb microscope | "
+                    "view: Glass slides 50 pack")
+
+
+def test_context_text_caps_events_and_words_and_falls_back_to_id() -> None:
+    items = [f"i{k}" for k in range(8)]
+    text = session_context_text(items, ["view"] * 8, [None] * 8, {"i7": "one two three four"},
+                                max_events=2, max_words_per_event=2)
+    assert text == "view: one two | view: i6"
+    assert session_context_text([], [], [], {}) == ""
+    assert session_context_text([None, "i7"], ["search", "view"], [float("nan"), None],
+                                {"i7": "lamp"}) == "view: lamp"
+    with pytest.raises(RerankError, match="one entry per event"):
+        session_context_text(["a"], ["view", "click"], [None], {})
+
+
+# --- training pairs ---------------------------------------------------------------------------
+
+@pytest.fixture
+def pair_inputs() -> tuple[pd.DataFrame, list[list[str]], dict[str, str], dict[str, str]]:
+    item_ids = [f"i{k}" for k in range(40)]
+    titles = {i: f"title {i}" for i in item_ids}
+    texts = {i: f"text of {i}." for i in item_ids}
+    examples = pd.DataFrame({
+        "user_id": ["u1", "u2", "u3"],
+        "hist_items": [["i1", "i2"], [None, "i3"], ["i4"]],
+        "hist_types": [["view", "click"], ["search", "view"], ["cart"]],
+        "hist_queries": [[None, None], ["w1 w2", None], [None]],
+        "target": ["i5", "i6", "i7"],
+    })
+    candidates = [item_ids[5:20], item_ids[10:25] + ["i6"], item_ids[30:40]]
+    return examples, candidates, texts, titles
+
+
+def test_pairs_have_one_positive_and_never_the_positive_as_negative(pair_inputs) -> None:
+    examples, candidates, texts, titles = pair_inputs
+    pairs = build_pairs(examples, candidates, texts, titles, n_hard=7, n_random=3, seed=0)
+    assert len(pairs) == 3 * (1 + 7 + 3)
+    for row in range(3):
+        chunk = pairs[row * 11:(row + 1) * 11]
+        target_text = texts[examples["target"][row]]
+        assert chunk[0][1:] == (target_text, 1.0)
+        negatives = [text for _, text, label in chunk[1:]]
+        assert all(label == 0.0 for _, _, label in chunk[1:])
+        assert target_text not in negatives
+        assert len(set(negatives)) == len(negatives)
+        hard_texts = {texts[i] for i in candidates[row]}
+        assert set(negatives[:7]) <= hard_texts  # the hard ones come from the retrieved list
+        assert len({context for context, _, _ in chunk}) == 1
+
+
+def test_pairs_are_deterministic_by_seed(pair_inputs) -> None:
+    examples, candidates, texts, titles = pair_inputs
+    first = build_pairs(examples, candidates, texts, titles, seed=3)
+    assert first == build_pairs(examples, candidates, texts, titles, seed=3)
+    assert first != build_pairs(examples, candidates, texts, titles, seed=4)
+
+
+def test_pairs_and_groups_reject_unknown_ids(pair_inputs) -> None:
+    examples, candidates, texts, titles = pair_inputs
+    with pytest.raises(DataError, match="no text in item_texts"):
+        build_pairs(examples, [candidates[0] + ["nope"]] + candidates[1:], texts, titles)
+    with pytest.raises(DataError, match="one retrieved list per example"):
+        build_pairs(examples, candidates[:2], texts, titles)
+    groups = build_groups(examples, candidates, texts, titles)
+    assert [g[2] for g in groups] == [0, 15, -1]  # i5 first, i6 appended last, i7 missed
+    assert groups[1][0] == "view: title i3 | search: w1 w2"
+
+
+# --- policy -----------------------------------------------------------------------------------
+
+SEGMENTS = ["head", "long_tail", "head", "new", "head", "long_tail"]
+
+
+def test_policy_cold_user_gets_all_top_n_warm_user_only_tail_and_new() -> None:
+    policy = RerankPolicy(top_n=4, cold_max_events=3)
+    assert policy.select(0, SEGMENTS).tolist() == [True] * 4 + [False] * 2  # query-only user
+    assert policy.select(3, SEGMENTS).tolist() == [True] * 4 + [False] * 2
+    # warm: long_tail/new within the top 4 only (index 5 is long_tail but beyond top_n)
+    assert policy.select(4, SEGMENTS).tolist() == [False, True, False, True, False, False]
+
+
+def test_policy_modes_and_segment_choice() -> None:
+    assert not RerankPolicy(mode="never").select(0, SEGMENTS).any()
+    assert RerankPolicy(mode="always", top_n=5).select(50, SEGMENTS).tolist() == [True] * 5 + [
+        False]
+    only_new = RerankPolicy(rerank_segments=("new",))
+    assert only_new.select(10, SEGMENTS).tolist() == [False, False, False, True, False, False]
+    with pytest.raises(RerankError, match="mode="):
+        RerankPolicy(mode="sometimes")
+    with pytest.raises(RerankError, match="rerank_segments"):
+        RerankPolicy(rerank_segments=("tail",))
+    with pytest.raises(RerankError, match="candidate_segments"):
+        RerankPolicy().select(1, ["hot"])
+
+
+def test_blend_hand_case_reorders_selected_within_their_band() -> None:
+    retrieval = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    selected = np.array([False, False, True, False, True])
+    rerank = np.array([np.nan, np.nan, 0.0, np.nan, 10.0])
+    final = RerankPolicy(blend_alpha=1.0).blend(retrieval, rerank, selected)
+    # r = z(retrieval) = sqrt(2) * [1, .5, 0, -.5, -1]; the selected band {0, -sqrt 2} has
+    # mean -sqrt(2)/2 and std sqrt(2)/2; z(rerank) = [-1, 1] maps to [-sqrt 2, 0]: they swap.
+    s2 = np.sqrt(2.0)
+    np.testing.assert_allclose(final, [s2, s2 / 2, -s2, -s2 / 2, 0.0], atol=1e-12)
+    assert np.argsort(-final).tolist() == [0, 1, 4, 3, 2]
+    # alpha 0 keeps the retrieval order; one selected item has nothing to be reordered against
+    keep = RerankPolicy(blend_alpha=0.0).blend(retrieval, rerank, selected)
+    assert np.argsort(-keep).tolist() == [0, 1, 2, 3, 4]
+    one = RerankPolicy().blend(retrieval, rerank, np.array([False, False, False, False, True]))
+    np.testing.assert_allclose(one, standardize_scores(retrieval))
+
+
+@pytest.mark.parametrize("standardize", ["zscore", "minmax"])
+def test_blend_never_reorders_unselected_and_keeps_selected_in_rerank_order(standardize) -> None:
+    rng = np.random.default_rng(0)
+    policy = RerankPolicy(blend_alpha=1.0, standardize=standardize)
+    for _ in range(20):
+        retrieval = np.sort(rng.normal(size=12))[::-1]
+        rerank = rng.normal(size=12)
+        selected = rng.random(12) < 0.5
+        final = policy.blend(retrieval, rerank, selected)
+        unselected = np.flatnonzero(~selected)
+        assert np.all(np.diff(final[unselected]) <= 0)  # retrieval order kept
+        chosen = np.flatnonzero(selected)
+        if len(chosen) > 1:  # alpha = 1: the selected follow the reranker exactly
+            assert np.argsort(-final[chosen]).tolist() == np.argsort(-rerank[chosen]).tolist()
+    with pytest.raises(RerankError, match="1-D of one length"):
+        policy.blend(np.zeros(3), np.zeros(2), np.zeros(3, dtype=bool))
+
+
+def test_rank_metrics_hand_cases() -> None:
+    assert rank_metrics(np.array([0.1, 0.9, 0.5]), positive=2) == (1 / np.log2(3), 0.5)
+    assert rank_metrics(np.array([1.0, 2.0]), positive=-1) == (0.0, 0.0)
+    # retriever order: positive at index 1 -> rank 2
+    assert evaluate_groups(None, [("c", ["a", "b"], 1)])["mrr"] == 0.5
+
+
+# --- model, training, save/load, int8 ---------------------------------------------------------
+
+def test_score_shapes_and_batched_agreement(tiny_model_dir: Path) -> None:
+    reranker = Reranker(tiny_model_dir, max_length=32, batch_size=2)
+    scores = reranker.score("search: w1 w2", ["w1 w2", "w3", "w4 w5 w6"])
+    assert scores.shape == (3,) and scores.dtype == np.float32
+    many = reranker.score_many([("search: w1 w2", "w1 w2"), ("search: w1 w2", "w3"),
+                                ("search: w1 w2", "w4 w5 w6")])
+    np.testing.assert_allclose(many, scores, atol=1e-5)
+    assert reranker.score("x", []).shape == (0,)
+    with pytest.raises(RerankError, match="list of item texts"):
+        reranker.score("x", "a single string")
+    with pytest.raises(RerankError, match="model_path"):
+        Reranker(tiny_model_dir / "missing")
+
+
+def test_truncated_layers_reduce_the_layer_count(tiny_model_dir: Path, tmp_path: Path) -> None:
+    full = Reranker(tiny_model_dir)
+    short = Reranker(tiny_model_dir, num_layers=1)
+    assert full.num_layers == 2 and short.num_layers == 1
+    assert len(short.model.base_model.encoder.layer) == 1
+    assert sum(p.numel() for p in short.model.parameters()) < sum(
+        p.numel() for p in full.model.parameters())
+    short.save(tmp_path / "short")
+    assert Reranker.load(tmp_path / "short").num_layers == 1
+    with pytest.raises(RerankError, match="between 1 and 2"):
+        Reranker(tiny_model_dir, num_layers=3)
+
+
+def test_training_loss_falls_on_an_easy_task(tiny_model_dir: Path) -> None:
+    reranker = Reranker(tiny_model_dir, max_length=32)
+    pairs, _ = _easy_task(300, seed=0)
+    _, groups = _easy_task(30, seed=1)
+    metrics = train_reranker(reranker, pairs, groups, batch_size=16, lr=1e-2, max_steps=30,
+                             show_progress=False)
+    losses = metrics["loss_history"]
+    assert metrics["steps"] == len(losses) == 30
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+    assert metrics["valid_after"]["ndcg@10"] > metrics["valid_before"]["ndcg@10"]
+    assert metrics["valid_after"]["mrr"] > 0.9
+    assert not reranker.model.training
+
+
+def test_save_load_gives_the_same_scores(trained_dir: Path) -> None:
+    first = Reranker.load(trained_dir)
+    again = Reranker.load(trained_dir)
+    _, groups = _easy_task(5, seed=2)
+    for context, texts, _ in groups:
+        np.testing.assert_allclose(first.score(context, texts), again.score(context, texts),
+                                   atol=1e-6)
+    assert (trained_dir / "model" / "model.safetensors").is_file()
+    assert first.config()["context_max_events"] == 5
+    with pytest.raises(RerankError, match="not a saved reranker"):
+        Reranker.load(trained_dir / "model")
+
+
+def test_int8_scores_keep_shape_and_rank_order(spread_model_dir: Path, tmp_path: Path) -> None:
+    fp32 = Reranker(spread_model_dir)
+    int8 = Reranker(spread_model_dir, quantize_int8=True)
+    rng = random.Random(0)
+    pairs = [(" ".join(rng.sample(WORDS, 4)), " ".join(rng.sample(WORDS, 4))) for _ in range(40)]
+    fp32_scores, int8_scores = fp32.score_many(pairs), int8.score_many(pairs)
+    assert int8_scores.shape == fp32_scores.shape == (40,)
+    assert not np.array_equal(int8_scores, fp32_scores)  # it really ran quantised
+    ranks = [np.argsort(np.argsort(s)) for s in (fp32_scores, int8_scores)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.9  # Spearman
+    int8.save(tmp_path / "int8")  # the option is recorded and re-applied at load
+    reloaded = Reranker.load(tmp_path / "int8")
+    assert reloaded.quantize_int8
+    np.testing.assert_allclose(reloaded.score_many(pairs), int8_scores, atol=1e-5)
+
+
+def test_int8_trained_reranker_still_puts_the_positive_first(trained_dir: Path) -> None:
+    int8 = Reranker.load(trained_dir, quantize_int8=True)
+    _, groups = _easy_task(10, seed=3)
+    assert evaluate_groups(int8, groups)["mrr"] == 1.0
+
+
+# --- config -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("choice", ["default", "fast"])
+def test_configs_compose_and_feed_the_library(choice: str, tiny_model_dir: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    conf_dir = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(overrides=[f"+rerank={choice}"]).rerank
+    policy = RerankPolicy(mode=cfg.mode, top_n=cfg.top_n, cold_max_events=cfg.cold_max_events,
+                          blend_alpha=cfg.blend_alpha, rerank_segments=list(cfg.rerank_segments),
+                          standardize=cfg.standardize)
+    assert policy.top_n == 20
+    for key in ("n_hard", "n_random", "epochs", "batch_size", "lr", "warmup_ratio", "max_steps"):
+        assert key in cfg
+    if choice == "fast":
+        assert (cfg.max_length, cfg.num_layers, cfg.quantize_int8) == (48, 3, True)
+        reranker = Reranker(tiny_model_dir, max_length=cfg.max_length, num_layers=2,
+                            quantize_int8=cfg.quantize_int8)
+        assert reranker.score("search: w1", ["w1", "w2"]).shape == (2,)
+    else:
+        assert (cfg.max_length, cfg.num_layers, cfg.quantize_int8) == (64, None, False)
