@@ -1,0 +1,178 @@
+"""From example frames and session JSON to the index tensors the towers read.
+
+Layout (every function here): **left-aligned**. Column 0 holds the oldest kept event;
+``hist_len`` counts the events kept, the most recent ``max_seq_len`` (older ones are cut);
+columns >= ``hist_len`` are padding with item/query/text index -1 and type ``PAD_TYPE``. An event
+is an item event (``hist_item_idx >= 0``) or a text event (``hist_query_idx`` / ``hist_text_idx
+>= 0``: a search query, or at inference an inline new item's text).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recdata.schema import EVENT_TYPES
+from recdata.text import item_text
+from towers.errors import EmptySessionError, TowerError
+from towers.user_tower import PAD_TYPE, TYPE_INDEX
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _event_type(name: Any, where: str) -> int:
+    index = TYPE_INDEX.get(str(name).strip().lower())
+    if index is None:
+        raise TowerError(f"{where}: event type {name!r} is not one of {list(EVENT_TYPES)}")
+    return index
+
+
+def build_tensors(
+    examples: pd.DataFrame,
+    item_index: Mapping[str, int],
+    query_index: Mapping[str, int],
+    max_seq_len: int = 50,
+) -> dict[str, torch.Tensor]:
+    """Example frame -> ``hist_item_idx``, ``hist_query_idx``, ``hist_type`` (N, L) int64,
+    ``hist_len`` (N,), ``target_idx`` (N,) (-1 without a ``target`` column), ``row`` (N,) the
+    frame position. History items, queries and targets must all be in the indexes."""
+    missing = [c for c in ("hist_items", "hist_types") if c not in examples.columns]
+    if missing:
+        raise TowerError(f"examples are missing column(s) {missing}; expected recdata "
+                         f"EXAMPLE_COLUMNS, got {list(examples.columns)}")
+    n, seq = len(examples), int(max_seq_len)
+    hist_item = np.full((n, seq), -1, dtype=np.int64)
+    hist_query = np.full((n, seq), -1, dtype=np.int64)
+    hist_type = np.full((n, seq), PAD_TYPE, dtype=np.int64)
+    hist_len = np.zeros(n, dtype=np.int64)
+    target = np.full(n, -1, dtype=np.int64)
+    queries_col = examples["hist_queries"] if "hist_queries" in examples.columns else None
+    targets_col = examples["target"] if "target" in examples.columns else None
+    for row, (items, types) in enumerate(zip(examples["hist_items"], examples["hist_types"])):
+        items, types = list(items), list(types)
+        queries = list(queries_col.iloc[row]) if queries_col is not None else [None] * len(items)
+        if not len(items) == len(types) == len(queries):
+            raise TowerError(f"example row {row}: hist_items, hist_types, hist_queries differ in "
+                             f"length ({len(items)}, {len(types)}, {len(queries)})")
+        events = list(zip(items, types, queries))[-seq:]
+        hist_len[row] = len(events)
+        for col, (item, kind, query) in enumerate(events):
+            where = f"example row {row}, event {col}"
+            hist_type[row, col] = _event_type(kind, where)
+            if not _missing(item):
+                if str(item) not in item_index:
+                    raise TowerError(f"{where}: history item {item!r} is not in the catalogue")
+                hist_item[row, col] = item_index[str(item)]
+            elif not _missing(query):
+                if query not in query_index:
+                    raise TowerError(f"{where}: query {query!r} is not in query_index")
+                hist_query[row, col] = query_index[query]
+            else:
+                raise TowerError(f"{where}: an event needs an item id or a query; got neither")
+        if targets_col is not None:
+            tgt = targets_col.iloc[row]
+            if _missing(tgt) or str(tgt) not in item_index:
+                raise TowerError(f"example row {row}: target {tgt!r} is not in the catalogue")
+            target[row] = item_index[str(tgt)]
+    return {
+        "hist_item_idx": torch.from_numpy(hist_item),
+        "hist_query_idx": torch.from_numpy(hist_query),
+        "hist_type": torch.from_numpy(hist_type), "hist_len": torch.from_numpy(hist_len),
+        "target_idx": torch.from_numpy(target), "row": torch.arange(n, dtype=torch.int64)}
+
+
+def history_arrays(examples: pd.DataFrame, item_index: Mapping[str, int]) -> list[np.ndarray]:
+    """Per row, the catalogue indices of every history item (not cut to max_seq_len): what the
+    evaluation masks from the ranking."""
+    return [np.array([item_index[str(i)] for i in items if not _missing(i)
+                      and str(i) in item_index], dtype=np.int64)
+            for items in examples["hist_items"]]
+
+
+@dataclass
+class SessionInputs:
+    """Index tensors of sessions from query JSON; ``texts`` are the distinct query / inline-item
+    texts that ``hist_text_idx`` points into (the caller encodes them)."""
+
+    hist_item_idx: torch.Tensor  # (n, L) int64, -1 = not an item event / padding
+    hist_text_idx: torch.Tensor  # (n, L) int64, -1 = not a text event / padding
+    hist_type: torch.Tensor  # (n, L) int64
+    hist_len: torch.Tensor  # (n,) int64
+    texts: list[str]
+    inline_items: int = 0  # how many events carried an inline new item
+
+
+def _session_events(session: Any, number: int) -> list[Any]:
+    events = session.get("events") if isinstance(session, Mapping) else session
+    if not isinstance(events, Sequence) or isinstance(events, (str, bytes)):
+        raise TowerError(f"session {number}: expected a list of events or {{'events': [...]}}; "
+                         f"got {type(session).__name__}")
+    return list(events)
+
+
+def session_tensors(
+    sessions: Sequence[Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+    item_index: Mapping[str, int],
+    max_seq_len: int = 50,
+    unknown_items: str = "error",
+) -> SessionInputs:
+    """Parse sessions (DESIGN.md session JSON): events ``{"type", "item_id"}``, ``{"type":
+    "search", "query"}`` or ``{"type", "item": {"title", ...}}`` (a new item, embedded from its
+    text). A missing type is ``search`` for a query and ``click`` otherwise. Item ids not in
+    ``item_index`` raise (``unknown_items="error"``) or are dropped (``"skip"``). A session left
+    with no event raises EmptySessionError."""
+    if unknown_items not in ("error", "skip"):
+        raise TowerError(f"unknown_items= must be 'error' or 'skip', got {unknown_items!r}")
+    texts: dict[str, int] = {}
+    parsed: list[list[tuple[int, int, int]]] = []  # per session: (type, item_idx, text_idx)
+    inline = 0
+    for number, session in enumerate(sessions):
+        events: list[tuple[int, int, int]] = []
+        for col, event in enumerate(_session_events(session, number)):
+            where = f"session {number}, event {col}"
+            if not isinstance(event, Mapping):
+                raise TowerError(f"{where}: expected an object, got {type(event).__name__}")
+            query, item, item_id = event.get("query"), event.get("item"), event.get("item_id")
+            kind = event.get("type", event.get("event"))
+            kind = kind if kind is not None else ("search" if query else "click")
+            type_idx = _event_type(kind, where)
+            if isinstance(item, Mapping):
+                text = item_text(item)
+                if not text:
+                    raise TowerError(f"{where}: an inline 'item' needs at least a 'title'")
+                events.append((type_idx, -1, texts.setdefault(text, len(texts))))
+                inline += 1
+            elif not _missing(item_id):
+                if str(item_id) in item_index:
+                    events.append((type_idx, item_index[str(item_id)], -1))
+                elif unknown_items == "error":
+                    raise TowerError(f"{where}: item_id {item_id!r} is not in the towers' "
+                                     "catalogue; send it inline as \"item\": {\"title\": ...}")
+            elif isinstance(query, str) and query.strip():
+                events.append((type_idx, -1, texts.setdefault(query.strip(), len(texts))))
+            else:
+                raise TowerError(f"{where}: an event needs 'item_id', 'item' or a non-empty "
+                                 "'query'")
+        parsed.append(events[-max_seq_len:])
+    empty = [i for i, events in enumerate(parsed) if not events]
+    if empty:
+        raise EmptySessionError(f"session(s) {empty[:5]} have no usable event; a user vector "
+                                "needs at least one item or query (fall back to popularity)")
+    n, seq = len(parsed), max((len(e) for e in parsed), default=1)
+    hist = np.full((3, n, seq), -1, dtype=np.int64)
+    hist[0] = PAD_TYPE
+    for row, events in enumerate(parsed):
+        hist[:, row, : len(events)] = np.array(events, dtype=np.int64).T
+    return SessionInputs(
+        hist_item_idx=torch.from_numpy(hist[1]), hist_text_idx=torch.from_numpy(hist[2]),
+        hist_type=torch.from_numpy(hist[0]),
+        hist_len=torch.tensor([len(e) for e in parsed], dtype=torch.int64),
+        texts=list(texts), inline_items=inline)
