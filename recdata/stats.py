@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from recdata import DataError, Dataset, SplitData, load_dataset, split_dataset
+from recdata import PROJECT_ROOT, DataError, Dataset, SplitData, load_dataset, split_dataset
 
 
 def describe(dataset: Dataset, split: SplitData) -> dict[str, object]:
@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, object]:
     return stats
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="stats")
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="stats")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
