@@ -20,3 +20,66 @@ def tiny_bert_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 # ---- end towers ---------------------------------------------------------------------------------
+
+
+# ---- artifacts: a tiny trained-shaped run directory (owner: engine/ + tests/test_engine.py,
+# tests/test_query.py, tests/test_build_index.py) ---------------------------------------------
+from pathlib import Path  # noqa: E402 - kept inside this block
+
+TINY_RUN = "tiny"
+TINY_MAX_SEQ_LEN = 8
+
+
+def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
+    """towers (untrained frozen tiny-BERT item tower + GRU user tower), catalogue.parquet,
+    reranker (tiny BERT cross-encoder, random head) and config.yaml of a 120-item shop."""
+    import torch
+
+    from engine.artifacts import ArtifactPaths, item_segments, save_catalogue
+    from recdata import catalogue_texts, load_dataset, split_dataset
+    from rerank import Reranker
+    from towers import ItemTower, TwoTowerModel, UserTower, save_towers
+
+    dataset = load_dataset("synthetic", n_items=120, n_users=60, seed=0)
+    split = split_dataset(dataset)
+    catalogue = split.catalogue
+    texts = catalogue_texts(catalogue)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the untrained adapter and user tower: same artifacts every run
+        item_tower = ItemTower(tiny_bert_path, item_texts=texts, mode="frozen",
+                               show_progress=False)
+        user_tower = UserTower(item_tower.dim, max_seq_len=TINY_MAX_SEQ_LEN, dropout=0.0)
+    model = TwoTowerModel(item_tower, user_tower, catalogue["item_id"].tolist())
+    paths = ArtifactPaths(root)
+    save_towers(model, paths.towers)
+    save_catalogue(root, catalogue, texts, split.item_popularity, item_segments(split))
+    Reranker(tiny_bert_path, max_length=32).save(paths.reranker)
+    paths.config.write_text(f"run_name: {TINY_RUN}\nrerank:\n  mode: auto\n  top_n: 10\n"
+                            "  cold_max_events: 3\n  blend_alpha: 0.5\n"
+                            "  rerank_segments: [long_tail, new]\n  standardize: zscore\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_bert_path: str) -> Path:
+    """``<tmp>/artifacts/tiny/`` with towers, catalogue.parquet, reranker, config.yaml and a
+    flat index built by ``build_index.main``. Read-only: copy it (``artifacts_copy``) to edit."""
+    import build_index
+
+    base = tmp_path_factory.mktemp("artifacts")
+    root = base / TINY_RUN
+    _write_tiny_artifacts(root, tiny_bert_path)
+    build_index.main([f"run_name={TINY_RUN}", f"artifacts_dir={base}", "progress=false"])
+    return root
+
+
+@pytest.fixture
+def artifacts_copy(tiny_artifacts: Path, tmp_path: Path) -> Path:
+    """A private copy of ``tiny_artifacts`` that a test may edit or damage."""
+    import shutil
+
+    target = tmp_path / "artifacts" / TINY_RUN
+    shutil.copytree(tiny_artifacts, target)
+    return target
+
+
+# ---- end artifacts ------------------------------------------------------------------------------

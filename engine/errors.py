@@ -1,0 +1,19 @@
+"""Errors raised by the engine at its boundaries; all are ValueErrors, so CLIs catch them alike."""
+
+from __future__ import annotations
+
+
+class EngineError(ValueError):
+    """Bad input to the engine: the message says what was expected, what arrived, and the fix."""
+
+
+class SessionError(EngineError):
+    """A session (query JSON) that does not follow the DESIGN.md shape, or asks the impossible."""
+
+
+class ArtifactsError(EngineError):
+    """An artifacts directory that is missing a part or whose parts disagree (says what to run)."""
+
+
+class CatalogueError(EngineError):
+    """Bad items to add or ids to remove (live catalogue edits, ``build_index.py add=/remove=``)."""
