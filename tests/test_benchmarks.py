@@ -1,0 +1,234 @@
+"""Tests for benchmarks/: the systems' ranking behaviour on hand-made cases, the evaluation
+variants, the goals, and one ``--quick`` run end to end (report structure, not its values)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import run as bench_run
+from benchmarks.report import goals, rerank_lifts
+from benchmarks.systems import (
+    BM25Retriever,
+    PopularityRetriever,
+    RerankedRetriever,
+    ZeroShotRetriever,
+    evaluation_variants,
+    recency_weights,
+    session_text,
+)
+from rerank import RerankPolicy
+
+METRICS = ("recall_at_10", "recall_at_20", "recall_at_50", "ndcg_at_10", "ndcg_at_20", "mrr",
+           "coverage_at_10", "long_tail_share_at_10", "count")
+TITLES = {"a": "usb microscope", "b": "glass beaker", "c": "lab gloves", "d": "pipette set"}
+
+
+def _examples(rows: list[tuple[list, list, list, str]], user_segment: str = "warm_user"
+              ) -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": [f"u{i}" for i in range(len(rows))],
+        "hist_items": [r[0] for r in rows], "hist_types": [r[1] for r in rows],
+        "hist_queries": [r[2] for r in rows], "target": [r[3] for r in rows],
+        "user_segment": user_segment, "target_segment": "head"})
+
+
+def test_session_text_keeps_the_most_recent_titles_and_queries() -> None:
+    text = session_text(["a", None, "b", "c"], ["click", "search", "view", "click"],
+                        [None, "red pipette", None, None], TITLES, max_events=3)
+    assert text == "red pipette glass beaker lab gloves"
+
+
+def test_recency_weights_favour_the_newest_event_and_sum_to_one() -> None:
+    weights = recency_weights(4, 0.5)
+    assert weights.sum() == pytest.approx(1.0)
+    assert np.all(np.diff(weights) > 0)  # chronological: the last event weighs most
+    assert weights[-1] == pytest.approx(2 * weights[-2])
+
+
+def test_popularity_gives_everyone_the_training_counts() -> None:
+    scores = PopularityRetriever(np.array([3, 9, 1])).score(_examples([(["a"], ["click"],
+                                                                        [None], "b")] * 2))
+    assert scores.shape == (2, 3)
+    assert np.argmax(scores, axis=1).tolist() == [1, 1]
+
+
+def test_bm25_ranks_the_matching_item_first_and_breaks_ties_by_popularity() -> None:
+    texts = [TITLES[i] for i in "abcd"]
+    bm25 = BM25Retriever(texts, TITLES, np.array([1, 5, 2, 9]))
+    rows = _examples([([None], ["search"], ["beaker"], "b"),
+                      ([None], ["search"], ["nothing matches this"], "a")])
+    scores = bm25.score(rows)  # (2, 4)
+    assert np.argmax(scores[0]) == 1
+    assert np.argsort(-scores[1]).tolist() == [3, 1, 2, 0]  # all BM25 0: popularity order
+
+
+def test_zero_shot_single_item_session_scores_that_item_highest(tiny_bert_path: str,
+                                                                tmp_path: Path) -> None:
+    from towers.bert import load_sentence_model
+
+    texts = [TITLES[i] for i in "abcd"]
+    zero_shot = ZeroShotRetriever(load_sentence_model(tiny_bert_path), texts,
+                                  {i: n for n, i in enumerate("abcd")}, tmp_path / "cache")
+    scores = zero_shot.score(_examples([(["c"], ["click"], [None], "a"),
+                                        ([None], ["search"], ["pipette"], "d")]))
+    assert scores.shape == (2, 4)
+    assert np.argmax(scores[0]) == 2  # cosine of a vector with itself is the maximum
+    assert np.isfinite(scores[1]).all()
+
+
+class _FixedTowers:
+    """Scores given per row; stands in for TwoTowerRetriever."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores = scores
+
+    def score(self, examples: pd.DataFrame) -> np.ndarray:
+        return self.scores[: len(examples)].copy()
+
+
+class _OracleReranker:
+    """Scores the candidate whose text is ``wanted`` 1, every other one 0."""
+
+    def __init__(self, wanted: str) -> None:
+        self.wanted = wanted
+
+    def context_text(self, items, types, queries, titles) -> str:
+        return "context"
+
+    def score(self, context: str, texts: list[str]) -> np.ndarray:
+        return np.array([float(t == self.wanted) for t in texts], dtype=np.float32)
+
+
+def test_rerank_reorders_only_the_candidates_among_their_own_positions() -> None:
+    ids = ["i0", "i1", "i2", "i3", "i4", "i5"]
+    towers = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]], dtype=np.float32)
+    # the session holds i0 (excluded from candidates); the top-3 candidates are i1, i2, i3
+    reranked = RerankedRetriever(
+        _FixedTowers(towers), _OracleReranker("text i3"),
+        RerankPolicy(mode="always", top_n=3, blend_alpha=1.0), ids,
+        [f"text {i}" for i in ids], {}, ["head"] * 6)
+    scores = reranked.score(_examples([(["i0"], ["click"], [None], "i3")]))[0]
+    order = np.argsort(-scores).tolist()
+    assert order == [0, 3, 1, 2, 4, 5]  # i3 jumps to the first candidate slot; i0, i4, i5 stay
+    assert sorted(scores.tolist()) == sorted(towers[0].tolist())
+    assert reranked.stats()["scored_pairs"] == 3
+
+
+def test_rerank_policy_never_leaves_the_towers_ranking_unchanged() -> None:
+    towers = np.array([[0.1, 0.9, 0.5]], dtype=np.float32)
+    reranked = RerankedRetriever(_FixedTowers(towers), _OracleReranker("text a"),
+                                 RerankPolicy(mode="never"), ["a", "b", "c"],
+                                 ["text a", "text b", "text c"], {}, ["head"] * 3)
+    scores = reranked.score(_examples([(["c"], ["click"], [None], "a")]))
+    np.testing.assert_array_equal(scores, towers)
+    assert reranked.stats()["reranked_rows"] == 0
+
+
+def test_variants_cut_warm_rows_to_n_item_events_and_searches_only() -> None:
+    items = ["a", None, "b", "c", "d"]
+    types = ["click", "search", "view", "click", "cart"]
+    queries = [None, "gloves", None, None, None]
+    test = pd.concat([_examples([(items, types, queries, "a")]),
+                      _examples([(["a"], ["click"], [None], "b")], user_segment="cold_user")])
+    variants = evaluation_variants(test)
+    assert set(variants) == {"test", "cold_1", "cold_2", "cold_3", "query_only"}
+    for n in (1, 2, 3):
+        cut = variants[f"cold_{n}"]
+        assert len(cut) == 1  # warm rows only
+        assert sum(t != "search" for t in cut["hist_types"].iloc[0]) == n
+        assert cut["hist_items"].iloc[0][-1] == "d"  # the most recent events are kept
+    query_only = variants["query_only"]
+    assert query_only["hist_types"].tolist() == [["search"]]
+    assert query_only["hist_queries"].tolist() == [["gloves"]]
+
+
+def _result(ndcg: float, cold: float, tail: float) -> dict:
+    segment = {"cold_user": {"ndcg_at_10": cold, "count": 10},
+               "cold_1": {"ndcg_at_10": cold, "count": 30},
+               "long_tail": {"ndcg_at_10": tail, "count": 5}}
+    return {"masked": {"overall": {"ndcg_at_10": ndcg, "count": 100}, "segments": segment}}
+
+
+def test_rerank_lifts_pool_the_cold_rows_by_count() -> None:
+    base, reranked = _result(0.10, 0.10, 0.20), _result(0.11, 0.12, 0.20)
+    base["masked"]["segments"]["cold_1"]["ndcg_at_10"] = 0.30
+    lifts = rerank_lifts(base, reranked)
+    assert lifts["overall"]["relative_lift"] == pytest.approx(0.1)
+    assert lifts["long_tail"]["relative_lift"] == pytest.approx(0.0)
+    pooled_base = (0.10 * 10 + 0.30 * 30) / 40
+    assert lifts["cold_pooled"]["base_ndcg_at_10"] == pytest.approx(pooled_base)
+    assert lifts["cold_pooled"]["count"] == 40
+
+
+def test_goals_say_met_missed_and_not_measured() -> None:
+    assert {g["status"] for g in goals({"systems": {}})} == {"not measured"}
+    payload = {"systems": {"two_tower_bert": {"masked": {
+        "overall": {"recall_at_10": 0.15, "ndcg_at_10": 0.07},
+        "segments": {"new_item": {"recall_at_10": 0.06}}}}},
+        "latency": {"without_rerank": {"stages_ms": {"total": {"p50": 4.0}}}}}
+    status = {g["goal"]: g["status"] for g in goals(payload)}
+    assert status["two_tower_bert test Recall@10 (masked)"] == "met"
+    assert status["two_tower_bert test NDCG@10 (masked)"] == "missed"
+    assert status["two_tower_bert new-item R@10 / overall R@10"] == "missed"  # 0.4 < 0.6
+    assert status["p50 latency without rerank (engine total)"] == "met"
+    assert status["rerank NDCG@10 lift, long-tail targets"] == "not measured"
+
+
+def test_unknown_system_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as stop:
+        bench_run.parse_args(["--systems", "popularity,magic"])
+    assert stop.value.code == 2
+
+
+def test_missing_artifacts_skip_the_system_and_say_why(tmp_path: Path) -> None:
+    code = bench_run.main(["--quick", "--systems", "popularity,two_tower_id", "--artifacts-id",
+                           str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "synthetic.json").read_text())
+    assert report["systems"]["popularity"]["status"] == "ok"
+    skipped = report["systems"]["two_tower_id"]
+    assert skipped["status"] == "skipped" and "nowhere" in skipped["reason"]
+    assert "no BERT towers" in report["latency"]["error"]
+
+
+def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    code = bench_run.main(["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                           "--index-scale"])
+    assert code == 0
+    for name in ("synthetic.json", "synthetic.md", "synthetic_recall_at_k.png",
+                 "synthetic_latency.png", "synthetic_ann_recall_qps.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "synthetic.json").read_text())
+    assert set(report["systems"]) == set(bench_run.SYSTEMS)
+    for name, system in report["systems"].items():
+        assert system["status"] == "ok", (name, system.get("reason"))
+        for view in ("masked", "unmasked"):
+            assert set(METRICS) <= set(system[view]["overall"]), (name, view)
+            for segment in ("warm_user", "long_tail", "cold_1", "cold_2", "cold_3",
+                            "query_only"):
+                assert set(METRICS) <= set(system[view]["segments"][segment]), (name, segment)
+    assert report["systems"]["two_tower_bert+rerank"]["sample"] == 20
+    assert "cold_pooled" in report["rerank_comparison"]["ndcg_at_10_lift"]
+    latency = report["latency"]
+    for run in ("without_rerank", "with_rerank"):
+        assert set(latency[run]["stages_ms"]) == {"encode", "search", "rerank", "total", "wall"}
+    assert report["encode_throughput"]["towers_vs_bare_ratio"] is not None
+    assert set(report["training"]) == {"two_tower_id", "two_tower_bert"}
+    assert report["training"]["two_tower_bert"]["wall_seconds"] is not None
+    assert report["memory"]["steps"]["eval bm25"]["peak_rss_mb"] > 0
+    assert report["index_scale"]["summary"]
+    assert report["machine"]["libraries"]["torch"]
+    assert report["command"].startswith("python benchmarks/run.py --quick")
+    assert {g["status"] for g in report["goals"]} <= {"met", "missed", "not measured"}
+    markdown = (out / "synthetic.md").read_text()
+    for heading in ("## Quality, history masked (headline)", "| system | n | R@10 |",
+                    "## Quality, history NOT masked", "## Per segment: R@10 / N@10",
+                    "## Reranker vs. towers", "### Serving latency", "## Goals",
+                    "![recall_png](synthetic_recall_at_k.png)"):
+        assert heading in markdown, heading
