@@ -1,0 +1,114 @@
+"""``python -m serve --artifacts DIR [--port 8000] [--host 127.0.0.1]``: the HTTP service in the
+foreground (one uvicorn worker process; see ``serve/__init__.py``).
+
+Arguments, the API-keys file and the artifacts' json files are checked, and the artifacts are
+loaded, before uvicorn starts: a missing or mismatched run prints one ``error: ...`` line on
+stderr and exits 2, with no traceback and no half-started server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from engine.artifacts import ArtifactPaths
+from engine.loading import quiet_libraries
+from serve.auth import AuthConfigError, keys_from_env, keys_from_file
+
+DEFAULT_ARTIFACTS = "artifacts/demo"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+# the defaults of serve.app, repeated to keep torch out of argument checks
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_BATCH = 256
+DEFAULT_ENGINE_THREADS = 2
+DEFAULT_TORCH_THREADS = 1
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1..65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serve",
+        description="HTTP recommendations over one artifacts directory (FastAPI + uvicorn).")
+    parser.add_argument("--artifacts", default=DEFAULT_ARTIFACTS,
+                        help=f"artifacts directory of a run (default {DEFAULT_ARTIFACTS})")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                        help=f"TCP port (default {DEFAULT_PORT})")
+    parser.add_argument("--no-rerank", action="store_true",
+                        help="do not load the cross-encoder (retrieval scores only)")
+    parser.add_argument("--api-keys-file", default=None,
+                        help="file of API keys, one per line; with it (or FIRSTCLICK_API_KEYS, "
+                             "comma-separated) every route but /healthz needs X-API-Key")
+    parser.add_argument("--engine-threads", type=positive_int, default=DEFAULT_ENGINE_THREADS,
+                        help="engine calls running at once; more queue (default "
+                             f"{DEFAULT_ENGINE_THREADS}, the target's CPU cores)")
+    parser.add_argument("--torch-threads", type=positive_int, default=DEFAULT_TORCH_THREADS,
+                        help="torch intra-op threads per engine call (default "
+                             f"{DEFAULT_TORCH_THREADS}: no oversubscription)")
+    parser.add_argument("--max-body-bytes", type=positive_int, default=DEFAULT_MAX_BODY_BYTES,
+                        help=f"larger bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
+                        help=f"sessions per /recommend/batch (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check, load, then serve until interrupted; returns the exit status (0, or 2)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        api_keys = keys_from_env()
+        if args.api_keys_file:
+            api_keys |= keys_from_file(args.api_keys_file)
+        paths = ArtifactPaths(args.artifacts)
+        paths.check(("towers", "catalogue", "index"))
+        paths.check_index_matches_towers()
+        quiet_libraries()
+        import torch  # noqa: F401 - seconds; after the cheap checks
+
+        from engine.recommender import Recommender
+
+        torch.set_num_threads(args.torch_threads)
+        recommender = Recommender.from_artifacts(paths.root, rerank=not args.no_rerank)
+    except (AuthConfigError, ValueError) as err:  # engine errors are ValueError subclasses
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from serve.app import create_app
+
+    app = create_app(recommender=recommender, api_keys=api_keys,
+                     max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
+                     engine_threads=args.engine_threads, torch_threads=args.torch_threads)
+    logging.getLogger(__name__).info(
+        "serving %s on http://%s:%d (auth %s)", paths.root, args.host, args.port,
+        "on" if api_keys else "off")
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level,
+                access_log=args.log_level == "debug")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Request and response shapes of the HTTP API; reading request bodies (size limit, JSON) and
+mapping the engine's validation errors to FastAPI-style 422 bodies.
+
+The pydantic models document the API (OpenAPI schema, generated clients). Requests are *not*
+validated by them: the body is parsed with ``engine.parse_session``, the same validation as
+``query.py``, and its ``SessionError`` becomes ``{"detail": [{"loc", "msg", "type"}]}`` with
+``loc`` naming the field. Responses are the engine's dicts as they are (what ``query.py``
+prints); the models describe them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.errors import SessionError
+from engine.session import Session as ParsedSession
+from engine.session import parse_session
+
+EventType = Literal["view", "click", "cart", "purchase", "rate", "review", "search"]
+UserSegment = Literal["new_user", "cold_user", "warm_user"]
+ItemSegment = Literal["head", "long_tail", "new"]
+
+
+class InlineItem(BaseModel):
+    """An item not (yet) in the catalogue, described by its catalogue fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(min_length=1, examples=["Acme USB microscope, 1000x"])
+    item_id: str | None = None
+    category: str | list[str] | None = Field(None, examples=["Lab > Microscopes"])
+    brand: str | None = None
+    description: str | None = None
+    attributes: dict[str, Any] | None = None
+    created_ts: int | None = None
+
+
+class Event(BaseModel):
+    """A session event: a search (``query``), a catalogue item (``item_id``) or an inline item
+    (``item``) — exactly one of the three."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: EventType
+    item_id: str | None = Field(None, examples=["I00042"])
+    item: InlineItem | None = None
+    query: str | None = Field(None, examples=["usb microscope"])
+    ts: int | float | None = None
+
+
+class Session(BaseModel):
+    """A shopper's session (DESIGN.md "Data contracts"); ``events`` may be empty (fallback:
+    popular and new items)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "user_id": "new-shopper-1", "k": 10,
+        "events": [{"type": "search", "query": "usb microscope"},
+                   {"type": "click", "item_id": "I00042"}],
+        "exclude": ["I00007"]}]})
+    user_id: str | None = None
+    k: int | None = Field(None, ge=1, description="items to return (default 10)")
+    events: list[Event]
+    exclude: list[str] = Field(default_factory=list)
+
+
+class Recommendation(BaseModel):
+    rank: int
+    item_id: str
+    title: str
+    score: float
+    retrieval_score: float | None = Field(description="two-tower score; null in the fallback")
+    rerank_score: float | None = Field(description="cross-encoder score; null when not reranked")
+    item_segment: ItemSegment
+    because: str
+
+
+class Timings(BaseModel):
+    """Milliseconds per engine stage."""
+
+    encode: float
+    search: float
+    rerank: float
+    total: float
+
+
+class RecommendResponse(BaseModel):
+    user_id: str | None
+    segment: UserSegment
+    reranked: bool
+    items: list[Recommendation]
+    timings_ms: Timings
+    warnings: list[str] = Field(description="what was accepted but changed: cut sessions, "
+                                            "unknown item ids ignored, ...")
+    fallback: str | None = Field(None, description="present only when the session had no "
+                                                   "usable event")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sessions: list[Session] = Field(min_length=1)
+
+
+class BatchResponse(BaseModel):
+    results: list[RecommendResponse]
+
+
+class ItemIn(BaseModel):
+    """A catalogue item to add live (embedded from its text by the item tower)."""
+
+    model_config = ConfigDict(extra="forbid")
+    item_id: str = Field(min_length=1, examples=["NEW-1"])
+    title: str = Field(min_length=1, examples=["Acme pro USB microscope lamp"])
+    category: str | list[str] | None = None
+    brand: str | None = None
+    description: str | None = None
+    attributes: dict[str, Any] | None = None
+    created_ts: int | None = None
+
+
+class ItemsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[ItemIn] = Field(min_length=1)
+
+
+class ItemsAdded(BaseModel):
+    added: list[str]
+    items: int = Field(description="items in the index after the change")
+
+
+class ItemRemoved(BaseModel):
+    removed: str
+    items: int = Field(description="items in the index after the change")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "loading"]
+    loaded: bool
+    items: int = Field(description="items the index can return")
+    run: str | None = None
+    reranker: bool = False
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    request_id: str | None = None
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (Session, BatchRequest, ItemIn, ItemsIn)
+ITEM_KEYS: tuple[str, ...] = tuple(ItemIn.model_fields)
+
+
+# ---- engine errors -> 422 bodies ----------------------------------------------------------------
+_EVENT_PREFIX = re.compile(r"^event (\d+): ")
+_FIELD_RULES: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (re.compile(r"^(?:an? )?inline item\b.*?(?:\['([^']+)'|\"(\w+)\")"), ("item",)),
+    (re.compile(r"^a \"search\" event"), ("query",)),
+    (re.compile(r"^\"(\w+)\""), ()),
+    (re.compile(r"^unknown (?:session )?key\(s\) \['([^']+)'"), ()),
+    (re.compile(r"^a session needs \"(events)\""), ()),
+    (re.compile(r"^k=\d+ is (?:larger)"), ("k",)),
+)
+
+
+def error_loc(message: str, base: tuple[str | int, ...] = ("body",)) -> list[str | int]:
+    """Where a ``SessionError`` message points: ``["body", "events", 2, "type"]`` for
+    ``event 2: "type" must be one of ...``; the base alone when the message names no field."""
+    loc: list[str | int] = list(base)
+    match = _EVENT_PREFIX.match(message)
+    rest = message
+    if match:
+        loc += ["events", int(match.group(1))]
+        rest = message[match.end():]
+    for pattern, prefix in _FIELD_RULES:
+        found = pattern.match(rest)
+        if found:
+            loc += [*prefix, *(g for g in found.groups() if g)]
+            break
+    return loc
+
+
+def validation_body(loc: list[str | int], msg: str, kind: str = "value_error") -> dict:
+    """FastAPI's 422 shape: ``{"detail": [{"loc", "msg", "type"}]}``."""
+    return {"detail": [{"loc": loc, "msg": msg, "type": kind}]}
+
+
+# ---- request bodies -----------------------------------------------------------------------------
+def unprocessable(loc: list[str | int], msg: str, kind: str = "value_error") -> HTTPException:
+    return HTTPException(422, validation_body(loc, msg, kind)["detail"])
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body: 413 past ``max_bytes``, 422 when empty or malformed."""
+    too_big = (f"request body is larger than {max_bytes} bytes; send fewer sessions or items "
+               "per request")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise HTTPException(413, too_big)
+    body, size = bytearray(), 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPException(413, too_big)
+        body += chunk
+    if not body.strip():
+        raise unprocessable(["body"], "the request has no body; expected a JSON object",
+                            "missing")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise unprocessable(["body"], "the body is not UTF-8 text; send JSON", "json_invalid"
+                            ) from None
+    except json.JSONDecodeError as err:
+        raise unprocessable(["body", err.pos], f"not valid JSON ({err.msg} at line {err.lineno} "
+                            f"column {err.colno})", "json_invalid") from None
+
+
+def parse_one(obj: Any, base: tuple[str | int, ...]) -> ParsedSession:
+    try:
+        return parse_session(obj)
+    except SessionError as err:
+        raise unprocessable(error_loc(str(err), base), str(err)) from None
+
+
+def items_of(body: Any, max_items: int) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """One item object or ``{"items": [...]}`` -> (items, loc base); 422 on a wrong shape."""
+    if isinstance(body, dict) and "items" in body:
+        if set(body) != {"items"} or not isinstance(body["items"], list):
+            raise unprocessable(["body", "items"], 'expected {"items": [item, ...]} or one '
+                                'item object {"item_id": ..., "title": ...}')
+        items, base = body["items"], ("body", "items")
+    elif isinstance(body, dict):
+        items, base = [body], ("body",)
+    else:
+        raise unprocessable(["body"], 'expected an item object {"item_id": ..., "title": ...} '
+                            'or {"items": [...]}')
+    if not 1 <= len(items) <= max_items:
+        raise unprocessable(list(base), f"expected 1 to {max_items} items, got {len(items)}")
+    for n, item in enumerate(items):
+        where = [*base, n] if base[-1] == "items" else list(base)
+        if not isinstance(item, dict):
+            raise unprocessable(where, "each item must be an object with at least \"item_id\" "
+                                "and \"title\"")
+        unknown = sorted(set(item) - set(ITEM_KEYS))
+        if unknown:
+            raise unprocessable([*where, unknown[0]], f"unknown item key(s) {unknown}; "
+                                f"allowed keys are {list(ITEM_KEYS)}")
+    return items, base
