@@ -40,8 +40,7 @@ lint: $(STAMP)
 
 demo: $(STAMP)  ## the main job on the embedded synthetic data
 	$(OFFLINE) $(BIN)/python -m recdata.stats data=synthetic
-	$(OFFLINE) $(BIN)/python train.py tower=bert run_name=demo
-	$(OFFLINE) $(BIN)/python train.py stage=reranker run_name=demo
+	$(OFFLINE) $(BIN)/python train.py experiment=demo stage=all
 	$(OFFLINE) $(BIN)/python build_index.py run_name=demo
 	for f in examples/*.json; do echo "== $$f"; \
 	  $(OFFLINE) $(BIN)/python query.py --session $$f --artifacts $(ARTIFACTS) --pretty || exit 1; done
