@@ -45,12 +45,26 @@ def _frame(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(EXAMPLE_COLUMNS))
 
 
-def _loo_rows(events: pd.DataFrame, cap: int) -> tuple[list, list, list, pd.Index]:
-    """Leave-one-out: each user's last item event is test, the one before it valid, the rest
-    (with a non-empty context) train. Users with fewer than 3 item events only train."""
+def _target_positions(items: list, types: list, distinct: bool) -> list[int]:
+    """Positions of the item events that can be targets; with ``distinct``, only an item's
+    first event in the user's sequence (a view -> click -> cart of one item is one target)."""
+    seen: set = set()
+    positions = []
+    for pos, (item, kind) in enumerate(zip(items, types)):
+        if kind == "search" or (distinct and item in seen):
+            continue
+        seen.add(item)
+        positions.append(pos)
+    return positions
+
+
+def _loo_rows(events: pd.DataFrame, cap: int, distinct: bool) -> tuple[list, list, list,
+                                                                         pd.Index]:
+    """Leave-one-out: each user's last target-able item event is test, the one before it valid,
+    the rest (with a non-empty context) train. Users with fewer than 3 only train."""
     train, valid, test, cut_index = [], [], [], []
     for user, items, types, queries, _ in _user_sequences(events):
-        item_pos = [i for i, t in enumerate(types) if t != "search"]
+        item_pos = _target_positions(items, types, distinct)
         targets = item_pos[:-2] if len(item_pos) >= 3 else item_pos
         if len(item_pos) >= 3:
             valid.append(_example(user, items, types, queries, item_pos[-2], cap))
@@ -60,8 +74,8 @@ def _loo_rows(events: pd.DataFrame, cap: int) -> tuple[list, list, list, pd.Inde
     return train, valid, test, pd.Index(cut_index)
 
 
-def _time_rows(events: pd.DataFrame, cap: int, valid_frac: float, test_frac: float
-               ) -> tuple[list, list, list, int]:
+def _time_rows(events: pd.DataFrame, cap: int, valid_frac: float, test_frac: float,
+               distinct: bool) -> tuple[list, list, list, int]:
     """Global time split at the event-time quantiles: item events before the valid cut are
     training targets, those in the valid window validation targets, those after the test cut
     test targets; each with the user's earlier events (any window) as context."""
@@ -69,9 +83,10 @@ def _time_rows(events: pd.DataFrame, cap: int, valid_frac: float, test_frac: flo
                                                             1 - test_frac])
     train, valid, test = [], [], []
     for user, items, types, queries, ts in _user_sequences(events):
-        for pos, (kind, t) in enumerate(zip(types, ts)):
-            if kind == "search" or pos == 0:
+        for pos in _target_positions(items, types, distinct):
+            if pos == 0:
                 continue
+            t = ts[pos]
             rows = train if t < t_valid else valid if t < t_test else test
             rows.append(_example(user, items, types, queries, pos, cap))
     return train, valid, test, int(t_valid)
@@ -119,12 +134,16 @@ def split_dataset(
     seed: int = 0,
     valid_frac: float = 0.1,
     test_frac: float = 0.1,
+    distinct_targets: bool = False,
 ) -> SplitData:
     """Split a dataset into train / valid / test examples with segment labels.
 
     ``new_item_share`` of the catalogue (seeded) is held out: every interaction with those
     items is removed from training and validation (targets and contexts), while the items stay
     in the catalogue with their text; test keeps them, as targets labelled ``new``.
+    ``distinct_targets``: only an item's first event in a user's sequence is a target (the
+    next *new* item; repeats stay in the contexts) — the serving task, where history items are
+    excluded from recommendations. Off for the UniSRec files, whose split it must reproduce.
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
@@ -132,14 +151,15 @@ def split_dataset(
         raise DataError(f"new_item_share must be in [0, 1), got {new_item_share}")
     events = dataset.events
     if protocol == "loo":
-        train, valid, test, cuts = _loo_rows(events, history_cap)
+        train, valid, test, cuts = _loo_rows(events, history_cap, distinct_targets)
         cut_at = dict(cuts)
         pos_in_user = events.groupby("user_id").cumcount().to_numpy()
         before = pos_in_user < events["user_id"].map(cut_at).to_numpy()
     else:
         if events["ts"].nunique() < 3:
             raise DataError(f"{dataset.name}: the 'time' protocol needs timestamps; use 'loo'")
-        train, valid, test, t_valid = _time_rows(events, history_cap, valid_frac, test_frac)
+        train, valid, test, t_valid = _time_rows(events, history_cap, valid_frac, test_frac,
+                                                 distinct_targets)
         before = (events["ts"] < t_valid).to_numpy()
     catalogue = dataset.catalogue
     rng = np.random.default_rng(seed)

@@ -215,3 +215,14 @@ def test_movielens_counts_and_time_split() -> None:
     train_pairs = set(zip(data.events["user_id"], data.events["item_id"], data.events["ts"]))
     assert len(train_pairs) > 0 and cut < data.events["ts"].max()
     _invariants(split)
+
+
+def test_distinct_targets_are_never_in_their_context() -> None:
+    data = load_dataset("synthetic", n_items=300, n_users=200, seed=3)
+    plain = split_dataset(data, new_item_share=0.0)
+    distinct = split_dataset(data, new_item_share=0.0, distinct_targets=True)
+    repeats = lambda f: sum(t in h for t, h in zip(f["target"], f["hist_items"]))  # noqa: E731
+    assert repeats(plain.test) > 0  # the synthetic shop has view -> click -> cart chains
+    for frame in (distinct.train, distinct.valid, distinct.test):
+        assert repeats(frame) == 0
+    _invariants(split_dataset(data, new_item_share=0.2, distinct_targets=True))
