@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import secrets
 import shutil
@@ -40,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python benchmarks/load_test.py` puts only benchmarks/ on it
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_info  # noqa: E402
 from engine.artifacts import PARTS, ArtifactPaths  # noqa: E402 - json-only, no torch
 
 HOST = "127.0.0.1"  # never any other address: the server under test is not for the network
@@ -261,24 +260,6 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 # ---- report -------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in
-                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        cpu_model = names[0] if names else cpu_model
-    except OSError:
-        pass
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return {"cpu_model": cpu_model, "cpu_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": sys.version.split()[0], "libraries": versions}
-
-
 def judge(levels: list[dict[str, Any]]) -> dict[str, Any]:
     """The saturating level (smallest concurrency within 95 % of the best throughput) and the
     goal: no errors anywhere, p99 <= 3 x p50 there."""
@@ -361,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_server(server)
     result = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(), "server": health,
+              "machine": machine_info(LIBRARIES), "server": health,
               "config": {"artifacts": str(source), "requests": args.requests,
                          "duration_s": args.duration, "concurrency": args.concurrency,
                          "adds": args.adds, "k": k, "no_rerank": args.no_rerank,

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -31,6 +29,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/run.py` puts only benchmarks
 import numpy as np  # noqa: E402
 
 from benchmarks.latency import StepMemory, serving_speed  # noqa: E402
+from benchmarks.machine import machine_info as base_machine_info  # noqa: E402
 from benchmarks.systems import BenchmarkError  # noqa: E402
 
 log = logging.getLogger("benchmarks.run")
@@ -105,28 +104,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model and cores (/proc/cpuinfo), platform, Python and library versions."""
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in
-                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        cpu_model = names[0] if names else cpu_model
-    except OSError:
-        pass
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    """CPU model and cores (/proc/cpuinfo), platform, Python, library versions, torch threads."""
     import torch
 
-    return {"cpu_model": cpu_model, "cpu_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+    return {**base_machine_info(LIBRARIES), "torch_threads": torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "platform": platform.platform(), "python": sys.version.split()[0],
-            "libraries": versions}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def compose_data_config(args: argparse.Namespace) -> dict[str, Any]:
