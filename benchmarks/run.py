@@ -173,9 +173,9 @@ def load_model(run_dir: Path, models: dict[Path, Any]) -> Any:
 def rerank_policy(run_dir: Path) -> Any:
     """The run's RerankPolicy, read from its config.yaml exactly as the engine reads it."""
     from engine.artifacts import ArtifactPaths
-    from engine.loading import policy_from_config, read_config
+    from engine.loading import run_policy
 
-    return policy_from_config(read_config(ArtifactPaths(run_dir)))
+    return run_policy(ArtifactPaths(run_dir))
 
 
 def training_info(run_dir: Path, trained: dict[str, Any] | None) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.artifacts import ArtifactPaths
@@ -62,16 +64,28 @@ def read_config(paths: ArtifactPaths) -> dict[str, Any]:
     return config
 
 
-def policy_from_config(config: dict[str, Any]) -> RerankPolicy:
-    """``RerankPolicy`` from the config's ``rerank`` group (conf/rerank/*.yaml keys)."""
+def policy_from_config(config: dict[str, Any], tuned: dict[str, Any] | None = None
+                       ) -> RerankPolicy:
+    """``RerankPolicy`` from the config's ``rerank`` group (conf/rerank/*.yaml keys); ``tuned``
+    (the reranker's ``blend.json``, chosen on validation) overrides ``blend_alpha``."""
     from rerank import RerankPolicy
 
     group = config.get("rerank") or {}
     kwargs = {k: group[k] for k in POLICY_KEYS if isinstance(group, dict) and k in group}
+    if tuned and "blend_alpha" in tuned:
+        kwargs["blend_alpha"] = float(tuned["blend_alpha"])
     try:
         return RerankPolicy(**kwargs)
     except (TypeError, ValueError) as err:
         raise ArtifactsError(f"config.yaml rerank settings are invalid ({err})") from None
+
+
+def run_policy(paths: ArtifactPaths) -> RerankPolicy:
+    """The run's policy: config.yaml's rerank keys, with the blend weight tuned on validation
+    (``reranker/blend.json``, written by the reranker stage) when there is one."""
+    blend_file = Path(paths.reranker) / "blend.json"
+    tuned = json.loads(blend_file.read_text()) if blend_file.is_file() else None
+    return policy_from_config(read_config(paths), tuned)
 
 
 def load_model(paths: ArtifactPaths, device: str) -> TwoTowerModel:

@@ -90,7 +90,7 @@ class Recommender:
         index = loading.load_index(paths, fingerprint, use_gpu)
         catalogue = load_catalogue(paths.root)
         reranker = loading.load_reranker(paths, device) if rerank else None
-        policy = policy or loading.policy_from_config(loading.read_config(paths))
+        policy = policy or loading.run_policy(paths)
         return cls(model, index, catalogue, reranker=reranker, policy=policy, rerank=rerank,
                    fingerprint=fingerprint, paths=paths)
 

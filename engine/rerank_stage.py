@@ -29,14 +29,16 @@ def example_sessions(examples: pd.DataFrame) -> list[list[dict[str, Any]]]:
     return sessions
 
 
-def retrieve_candidates(model: Any, examples: pd.DataFrame, n: int,
-                        batch_size: int = 512) -> list[list[str]]:
+def retrieve_candidates(model: Any, examples: pd.DataFrame, n: int, batch_size: int = 512,
+                        with_scores: bool = False) -> Any:
     """Top-``n`` item ids per example from the towers by exact full-catalogue scoring, the
-    session's own history items excluded (as at serving time)."""
+    session's own history items excluded (as at serving time); with ``with_scores``, also
+    their retrieval scores, as ``(ids, scores)``."""
     item_emb = model.catalogue_item_emb()  # (n_items, d)
     item_ids = np.asarray(model.item_ids, dtype=object)
     index = model.item_index
     out: list[list[str]] = []
+    out_scores: list[np.ndarray] = []
     sessions = example_sessions(examples)
     for start in range(0, len(sessions), batch_size):
         chunk = sessions[start:start + batch_size]
@@ -47,15 +49,40 @@ def retrieve_candidates(model: Any, examples: pd.DataFrame, n: int,
             scores[row, seen] = -np.inf
         top = np.argpartition(-scores, n, axis=1)[:, :n]
         order = np.take_along_axis(scores, top, 1).argsort(axis=1)[:, ::-1]
-        out.extend(item_ids[np.take_along_axis(top, order, 1)].tolist())
-    return out
+        ranked = np.take_along_axis(top, order, 1)  # (B, n)
+        out.extend(item_ids[ranked].tolist())
+        out_scores.extend(np.take_along_axis(scores, ranked, 1))
+    return (out, out_scores) if with_scores else out
+
+
+def tune_blend(reranker: Any, groups: list[tuple[str, list[str], int]],
+               retrieval_scores: list[np.ndarray], rcfg: Mapping[str, Any],
+               alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+               ) -> dict[str, Any]:
+    """The blend weight of rerank vs. retrieval scores that maximises validation NDCG@10 when
+    every candidate is re-scored (the cold-user case); ties go to the smaller weight, so a
+    reranker that does not help is blended out (alpha 0) instead of hurting."""
+    from rerank import RerankPolicy
+    from rerank.train import rank_metrics
+
+    rerank_scores = [reranker.score(context, texts) for context, texts, _ in groups]
+    by_alpha = {}
+    for alpha in alphas:
+        policy = RerankPolicy(blend_alpha=alpha, standardize=rcfg.get("standardize", "zscore"))
+        ndcg = [rank_metrics(policy.blend(retr, rr, np.ones(len(rr), dtype=bool)), pos)[0]
+                for (_, _, pos), retr, rr in zip(groups, retrieval_scores, rerank_scores)]
+        by_alpha[alpha] = float(np.mean(ndcg)) if ndcg else 0.0
+    best = max(alphas, key=lambda a: (round(by_alpha[a], 6), -a))
+    log.info("blend weight on %d validation groups: NDCG@10 by alpha %s -> alpha %s",
+             len(groups), {a: round(v, 4) for a, v in by_alpha.items()}, best)
+    return {"blend_alpha": best, "valid_ndcg_at_10_by_alpha": by_alpha, "groups": len(groups)}
 
 
 def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[str, Any],
                            seed: int, model_path: str) -> dict[str, Any]:
     """Train ``Reranker`` on ``split``'s examples with the run's towers as the candidate
     generator; save it to ``run_dir/reranker`` and return its before/after metrics."""
-    from engine.artifacts import load_catalogue
+    from engine.artifacts import load_catalogue, save_json
     from rerank import Reranker, build_groups, build_pairs, train_reranker
     from towers import load_towers
 
@@ -72,8 +99,10 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
     pairs = build_pairs(train, retrieve_candidates(model, train, int(rcfg["candidates_n"])),
                         texts, titles, n_hard=int(rcfg["n_hard"]), n_random=int(rcfg["n_random"]),
                         seed=seed, max_events=int(rcfg["context_max_events"]))
-    groups = build_groups(valid, retrieve_candidates(model, valid, int(rcfg["top_n"])), texts,
-                          titles, max_events=int(rcfg["context_max_events"]))
+    valid_ids, valid_scores = retrieve_candidates(model, valid, int(rcfg["top_n"]),
+                                                  with_scores=True)
+    groups = build_groups(valid, valid_ids, texts, titles,
+                          max_events=int(rcfg["context_max_events"]))
     reranker = Reranker(model_path, max_length=int(rcfg["max_length"]),
                         num_layers=rcfg.get("num_layers"),
                         quantize_int8=bool(rcfg["quantize_int8"]), seed=seed,
@@ -84,5 +113,8 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
                              warmup_ratio=float(rcfg["warmup_ratio"]),
                              max_steps=rcfg.get("max_steps"), seed=seed)
     reranker.save(run_dir / "reranker")
-    metrics.update(train_examples=len(train), train_pairs=len(pairs), valid_groups=len(groups))
+    blend = tune_blend(reranker, groups, valid_scores, rcfg)
+    save_json(run_dir / "reranker" / "blend.json", blend)
+    metrics.update(train_examples=len(train), train_pairs=len(pairs), valid_groups=len(groups),
+                   blend=blend)
     return metrics

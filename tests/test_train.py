@@ -58,3 +58,21 @@ def test_bad_data_path_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "folder not found" in err[0]
+
+
+def test_reranker_stage_writes_model_and_tuned_blend(tiny_run: Path) -> None:
+    from engine.artifacts import ArtifactPaths
+    from engine.loading import run_policy
+
+    root = tiny_run.parent
+    train.main([*TINY, f"artifacts_dir={root}", f"cache_dir={root}/cache", "run_name=tiny",
+                "stage=reranker", f"rerank.model_path={root / '_tiny_bert'}",
+                "rerank.max_train_examples=40", "rerank.max_valid_groups=12",
+                "rerank.max_steps=3", "rerank.batch_size=8", "rerank.max_length=32"])
+    blend = json.loads((tiny_run / "reranker" / "blend.json").read_text())
+    assert set(blend["valid_ndcg_at_10_by_alpha"]) >= {"0.0", "0.5", "1.0"}
+    best = blend["valid_ndcg_at_10_by_alpha"][str(blend["blend_alpha"])]
+    assert best == max(blend["valid_ndcg_at_10_by_alpha"].values())
+    assert run_policy(ArtifactPaths(tiny_run)).blend_alpha == blend["blend_alpha"]
+    metrics = json.loads((tiny_run / "reranker_metrics.json").read_text())
+    assert metrics["train_pairs"] > 0 and "valid_after" in metrics
