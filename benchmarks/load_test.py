@@ -43,6 +43,7 @@ from engine.artifacts import PARTS, ArtifactPaths  # noqa: E402 - json-only, no 
 
 HOST = "127.0.0.1"  # never any other address: the server under test is not for the network
 SATURATION_SHARE = 0.95
+ADD_EVERY = 25  # requests between two live item adds
 P99_OVER_P50 = 3.0
 LIBRARIES = ("torch", "faiss-cpu", "fastapi", "uvicorn", "httpx", "sentence-transformers")
 
@@ -141,7 +142,8 @@ async def run_level(url: str, headers: dict[str, str], sessions: list[dict[str, 
     errors: dict[str, int] = {}
     add_ms: list[float] = []
     issued = 0
-    add_at = {int(max_requests * (n + 1) / (len(adds) + 1)): item for n, item in enumerate(adds)}
+    # early in the level (every ADD_EVERY requests), so the time limit never skips them
+    add_at = {min(max_requests - 1, ADD_EVERY * (n + 1)): item for n, item in enumerate(adds)}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60.0,
                                  limits=limits) as client:
