@@ -14,6 +14,7 @@ import sys
 
 from engine.artifacts import ArtifactPaths
 from engine.loading import quiet_libraries
+from query import positive_int
 from serve.auth import AuthConfigError, keys_from_env, keys_from_file
 
 DEFAULT_ARTIFACTS = "artifacts/demo"
@@ -24,16 +25,6 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_BATCH = 256
 DEFAULT_ENGINE_THREADS = 2
 DEFAULT_TORCH_THREADS = 1
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def port_number(text: str) -> int:
