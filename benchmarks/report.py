@@ -331,28 +331,13 @@ def plot_latency(payload: dict[str, Any], path: Path) -> Path:
 
 
 def plot_index_scale(index_scale: dict[str, Any], path: Path) -> Path | None:
-    """Recall@k vs single-query QPS per index setting (from benchmarks/index_scale.py)."""
+    """Recall@k vs single-query QPS per index setting: benchmarks/index_scale.py's own plot."""
     rows = index_scale.get("results") or []
     if not rows:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        refine = row["setting"].get("refine_factor", 1)
-        label = f"{row['factory']}{f' refine {refine}' if refine > 1 else ''} n={row['size']:,d}"
-        series.setdefault(label, []).append(row)
-    for label, points in series.items():
-        ax.plot([p["single_qps"] for p in points], [p["recall@k"] for p in points], marker="o",
-                label=label)
-    ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
-    ax.set(xscale="log", xlabel="single-query QPS (log)", ylabel="recall@k vs exact",
-           title="ANN index: recall vs speed")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from benchmarks.index_scale import plot
+
+    return plot(rows, path)
 
 
 def write_report(payload: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
