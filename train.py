@@ -150,11 +150,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"),
             config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    from recdata import DataError
-
     try:
         run(cfg)
-    except (DataError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # DataError, TowerError, EngineError, bad keys
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -76,3 +76,11 @@ def test_reranker_stage_writes_model_and_tuned_blend(tiny_run: Path) -> None:
     assert run_policy(ArtifactPaths(tiny_run)).blend_alpha == blend["blend_alpha"]
     metrics = json.loads((tiny_run / "reranker_metrics.json").read_text())
     assert metrics["train_pairs"] > 0 and "valid_after" in metrics
+
+
+def test_unknown_stage_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["stage=everything", f"artifacts_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: stage= must be one of ['towers', 'reranker', 'all'], got 'everything'"]
