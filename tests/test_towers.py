@@ -318,6 +318,20 @@ def test_id_dropout_and_cold_items(tiny_bert_path, dm) -> None:
     torch.testing.assert_close(tower.item_emb(cold[:1]), text, atol=1e-5, rtol=1e-5)
 
 
+def test_text_dropout_acts_in_training_only(tiny_bert_path, dm) -> None:
+    tower = _tower(tiny_bert_path, dm, text_dropout=0.5)
+    clean = F.normalize(tower.base_item_emb, dim=-1)
+    tower.eval()
+    torch.testing.assert_close(tower.all_item_emb(), clean)  # identity adapter, no dropout
+    tower.train()
+    torch.manual_seed(0)
+    noisy = tower.all_item_emb()
+    assert not torch.allclose(noisy, clean)
+    assert tower.bert.training is False  # the frozen BERT itself stays in eval mode
+    with pytest.raises(TowerError, match="text_dropout"):
+        _tower(tiny_bert_path, dm, text_dropout=1.0)
+
+
 def test_id_item_tower_has_no_text_path(dm) -> None:
     tower = IdItemTower(dim=16, item_texts=dm.item_texts, item_popularity=dm.item_popularity)
     vectors = tower.all_item_emb()

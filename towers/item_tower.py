@@ -68,6 +68,7 @@ class ItemTower(nn.Module):
         adapter_hidden: int | None = None,
         id_dim: int = 0,
         id_dropout: float = 0.5,
+        text_dropout: float = 0.0,
         item_popularity: Sequence[float] | np.ndarray | None = None,
         top_layers: int = 2,
         lora_r: int = 8,
@@ -84,21 +85,25 @@ class ItemTower(nn.Module):
             raise TowerError(f"mode= must be one of {list(ITEM_TOWER_MODES)}, got {mode!r}")
         texts = n_items_from(item_texts, n_items)
         n_items = len(texts) if texts is not None else int(n_items)  # type: ignore[arg-type]
-        if not 0.0 <= id_dropout <= 1.0 or id_dim < 0 or top_layers < 1:
-            raise TowerError(f"need 0 <= id_dropout <= 1, id_dim >= 0, top_layers >= 1; got "
-                             f"{id_dropout}, {id_dim}, {top_layers}")
+        if (not 0.0 <= id_dropout <= 1.0 or not 0.0 <= text_dropout < 1.0 or id_dim < 0
+                or top_layers < 1):
+            raise TowerError(f"need 0 <= id_dropout <= 1, 0 <= text_dropout < 1, id_dim >= 0, "
+                             f"top_layers >= 1; got {id_dropout}, {text_dropout}, {id_dim}, "
+                             f"{top_layers}")
         self.mode, self.n_items, self.id_dropout = mode, n_items, float(id_dropout)
         self.cache_dir, self.batch_size = cache_dir, encode_batch_size
         self.show_progress = show_progress
         self.config: dict[str, Any] = {
             "output_dim": output_dim, "adapter_hidden": adapter_hidden, "id_dim": id_dim,
-            "id_dropout": id_dropout, "top_layers": top_layers, "lora_r": lora_r,
+            "id_dropout": id_dropout, "text_dropout": text_dropout, "top_layers": top_layers,
+            "lora_r": lora_r,
             "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
             "max_seq_length": max_seq_length, "encode_batch_size": encode_batch_size}
         self.bert = load_sentence_model(model_path, max_seq_length=max_seq_length)
         self.d_text = text_dim(self.bert)
         self.dim = int(output_dim or self.d_text)
         self.adapter = ResidualAdapter(self.d_text, adapter_hidden, self.dim)
+        self.text_dropout = nn.Dropout(text_dropout)  # on the BERT vector, training only
         self.id_emb: nn.Embedding | None = None
         self.id_proj: nn.Linear | None = None
         if id_dim > 0:
@@ -205,7 +210,7 @@ class ItemTower(nn.Module):
         return vec * keep.unsqueeze(-1).to(vec.dtype)  # (B, dim)
 
     def _finish(self, base: torch.Tensor, item_idx: torch.Tensor | None) -> torch.Tensor:
-        out = self.adapter(base)  # (n, dim)
+        out = self.adapter(self.text_dropout(base))  # (n, dim)
         if self.id_emb is not None and item_idx is not None:
             out = out + self.item_id_emb(item_idx)
         return F.normalize(out, dim=-1)
