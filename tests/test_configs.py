@@ -26,7 +26,8 @@ def _compose(overrides: list[str], name: str = "train"):
 def test_every_choice_composes(group: str, choice: str) -> None:
     cfg = _compose([f"{group}={choice}"])
     if group == "experiment":  # an experiment bundles overrides on top of a data choice
-        expected = {"amazon_scientific": "amazon_scientific", "demo": "synthetic"}
+        expected = {"amazon_scientific": "amazon_scientific", "demo": "synthetic",
+                    "movielens": "movielens"}
         assert cfg.data.name == expected[choice]
         return
     resolved = OmegaConf.to_container(cfg[group], resolve=group != "tower" or choice == "id")
