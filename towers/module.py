@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from evaluation import RankingEvaluator
+from towers.data import drop_events
 from towers.datamodule import EvalExamples
 from towers.errors import TowerError
 from towers.model import TwoTowerModel
@@ -62,6 +63,7 @@ class TwoTowerModule(pl.LightningModule):
         max_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         eval_batch_size: int = 256,
+        event_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = TwoTowerModel(item_tower, user_tower, item_ids)
@@ -71,6 +73,9 @@ class TwoTowerModule(pl.LightningModule):
         self.lr, self.bert_lr, self.weight_decay = lr, bert_lr, weight_decay
         self.warmup_steps, self.warmup_ratio, self.max_steps = warmup_steps, warmup_ratio, max_steps
         self.min_lr_ratio, self.eval_batch_size = min_lr_ratio, eval_batch_size
+        if not 0.0 <= event_dropout < 1.0:
+            raise TowerError(f"event_dropout must be in [0, 1); got {event_dropout}")
+        self.event_dropout = float(event_dropout)
         self.save_hyperparameters(ignore=[  # scalars only: modules and arrays stay out
             "item_tower", "user_tower", "loss", "item_ids", "item_popularity", "new_item_mask",
             "long_tail_mask", "valid_examples", "test_examples"])
@@ -128,6 +133,8 @@ class TwoTowerModule(pl.LightningModule):
         return self.loss(user_emb, target_emb, target, log_q, mixed_emb, mixed_idx, mixed_log_q)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.event_dropout:  # augmentation: drop older history events (towers.data)
+            batch = drop_events(batch, self.event_dropout)
         loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target_idx"]))
         return loss
