@@ -167,6 +167,28 @@ def test_full_softmax_excludes_masked_new_items() -> None:
         FullSoftmaxLoss()(user, items, torch.tensor([2, 0]), exclude)
 
 
+def test_history_masking_removes_session_items_but_not_the_target() -> None:
+    user, items = _unit(2, 4, seed=8), _unit(6, 4, seed=9)
+    target = torch.tensor([1, 4])
+    history = torch.tensor([[1, 2, 3], [5, -1, -1]])  # row 0 repeats its target 1
+    raw = (user @ items.T).numpy() / 0.2
+    loss = FullSoftmaxLoss(temperature=0.2, mask_history=True)(user, items, target,
+                                                               history_idx=history)
+    expected = (_ce(raw[:1, [0, 1, 4, 5]], np.array([1]))  # 2, 3 masked, target 1 kept
+                + _ce(raw[1:, [0, 1, 2, 3, 4]], np.array([4]))) / 2  # 5 masked
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    off = FullSoftmaxLoss(temperature=0.2)(user, items, target, history_idx=history)
+    assert off.item() == pytest.approx(_ce(raw, target.numpy()), rel=1e-5)
+    # in-batch: row 0's session holds item 7, row 1's positive, and mixed item 9
+    u, v, m = _unit(2, 4, seed=10), _unit(2, 4, seed=11), _unit(2, 4, seed=12)
+    in_batch = InBatchSoftmaxLoss(temperature=0.5, logq_correction=False, mask_history=True)
+    logits = in_batch.logits(u, v, torch.tensor([5, 7]), None, m, torch.tensor([9, 8]), None,
+                             history_idx=torch.tensor([[7, 9, 5], [-1, -1, 3]]))
+    assert torch.isinf(logits[0, 1]) and torch.isinf(logits[0, 2])
+    assert torch.isfinite(logits[0, 0]) and torch.isfinite(logits[0, 3])  # own positive kept
+    assert torch.isfinite(logits[1]).all()
+
+
 # ---- user tower --------------------------------------------------------------------------------
 def _events(lengths: list[int], seq: int, dim: int = 16) -> tuple[torch.Tensor, ...]:
     emb = _unit(len(lengths), seq, dim, seed=8)

@@ -108,6 +108,7 @@ class TwoTowerModule(pl.LightningModule):
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The loss of one ``build_tensors`` batch (what ``training_step`` minimises)."""
         tower, target = self.item_tower, batch["target_idx"]
+        seen = batch.get("seen_item_idx", batch["hist_item_idx"])  # before event dropout
         fresh = uniq = None
         if tower.encodes_in_forward:  # BERT with grad over the batch's distinct targets only
             uniq, inverse = torch.unique(target, return_inverse=True)
@@ -117,7 +118,8 @@ class TwoTowerModule(pl.LightningModule):
             if fresh is not None:
                 table = table.index_copy(0, uniq, fresh)
             user_emb = self.model.user_emb(batch, item_lookup=lambda idx: table[idx])
-            return self.loss(user_emb, table, target, exclude_mask=self.new_item_mask)
+            return self.loss(user_emb, table, target, exclude_mask=self.new_item_mask,
+                             history_idx=seen)
         target_emb = fresh[inverse] if fresh is not None else tower.item_emb(target)  # (B, dim)
         user_emb = self.model.user_emb(batch)
         batch_size = target.shape[0]
@@ -130,11 +132,13 @@ class TwoTowerModule(pl.LightningModule):
             mixed_idx = self.allowed_idx[pick]
             mixed_emb = tower.item_emb(mixed_idx, from_table=True)
             mixed_log_q = math.log(n_mixed / len(self.allowed_idx))
-        return self.loss(user_emb, target_emb, target, log_q, mixed_emb, mixed_idx, mixed_log_q)
+        return self.loss(user_emb, target_emb, target, log_q, mixed_emb, mixed_idx, mixed_log_q,
+                         history_idx=seen)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.event_dropout:  # augmentation: drop older history events (towers.data)
-            batch = drop_events(batch, self.event_dropout)
+            batch = {**drop_events(batch, self.event_dropout),
+                     "seen_item_idx": batch["hist_item_idx"]}  # dropped items stay "seen"
         loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target_idx"]))
         return loss
