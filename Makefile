@@ -12,6 +12,7 @@ STAMP  := $(VENV)/.installed-$(FAISS)
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 ARTIFACTS ?= artifacts/demo
 PORT   ?= 8000
+DATA   ?= amazon_scientific
 
 .PHONY: install test test-slow test-all lint demo bench serve clean
 
@@ -45,8 +46,8 @@ demo: $(STAMP)  ## the main job on the embedded synthetic data
 	for f in examples/*.json; do echo "== $$f"; \
 	  $(OFFLINE) $(BIN)/python query.py --session $$f --artifacts $(ARTIFACTS) --pretty || exit 1; done
 
-bench: $(STAMP)
-	$(OFFLINE) $(BIN)/python benchmarks/run.py
+bench: $(STAMP)  ## make bench [DATA=amazon_scientific|movielens|synthetic] [BENCH_ARGS=--train]
+	$(OFFLINE) $(BIN)/python benchmarks/run.py --data $(DATA) $(BENCH_ARGS)
 
 serve: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT)
