@@ -47,6 +47,12 @@ def _logger(cfg: DictConfig) -> Any:
     return hydra.utils.instantiate(cfg.logger)
 
 
+def never_negatives(new_item_mask: Any, item_popularity: Any, exclude_unseen: bool) -> Any:
+    """Items kept out of the training softmax: the held-out new items, and with
+    ``exclude_unseen`` every item without a training interaction too."""
+    return new_item_mask | (item_popularity == 0) if exclude_unseen else new_item_mask
+
+
 def train_towers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
     import torch
@@ -66,9 +72,11 @@ def train_towers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     user_tower = hydra.utils.instantiate(cfg.user, dim=item_tower.dim)
     steps = cfg.trainer.max_epochs * math.ceil(len(dm.train_tensors["target_idx"])
                                                / cfg.train.batch_size)
+    never_negative = never_negatives(dm.new_item_mask, dm.item_popularity,
+                                     cfg.train.exclude_unseen_negatives)
     module = TwoTowerModule(
         item_tower, user_tower, hydra.utils.instantiate(cfg.loss), item_ids=dm.item_ids,
-        item_popularity=dm.item_popularity, new_item_mask=dm.new_item_mask,
+        item_popularity=dm.item_popularity, new_item_mask=never_negative,
         long_tail_mask=dm.long_tail_mask, valid_examples=dm.valid, test_examples=dm.test,
         lr=cfg.train.lr, bert_lr=cfg.train.bert_lr, weight_decay=cfg.train.weight_decay,
         warmup_ratio=cfg.train.warmup_ratio, max_steps=steps, min_lr_ratio=cfg.train.min_lr_ratio,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -84,3 +85,12 @@ def test_unknown_stage_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: stage= must be one of ['towers', 'reranker', 'all'], got 'everything'"]
+
+
+def test_never_negatives_adds_unseen_items_only_when_asked() -> None:
+    held_out = np.array([True, False, False, False])
+    popularity = np.array([0.0, 0.0, 3.0, 1.0])
+    assert train.never_negatives(held_out, popularity, False).tolist() == [True, False, False,
+                                                                            False]
+    assert train.never_negatives(held_out, popularity, True).tolist() == [True, True, False,
+                                                                           False]
