@@ -196,17 +196,22 @@ def encode_throughput(model: Any, texts: Sequence[str], batch_size: int = 64) ->
 
 
 def ensure_index(run_dir: Path) -> dict[str, Any] | None:
-    """Build a flat index into ``run_dir/index`` when the run has none (the engine needs one);
-    returns build_index's summary, or None when an index was already there."""
-    if (Path(run_dir) / "index").exists():
-        return None
+    """Build a flat index into ``run_dir/index`` when the run has none, or one built from other
+    towers (the engine refuses a stale index); returns build_index's summary, or None when the
+    index there already matches the towers."""
     import build_index
-    from engine.artifacts import ArtifactPaths
+    from engine.artifacts import ArtifactPaths, ArtifactsError
 
-    log.info("no index in %s: building a flat one (python build_index.py run_name=%s)",
-             run_dir, Path(run_dir).name)
-    return build_index.build(ArtifactPaths(run_dir), {"kind": "flat", "use_gpu": None},
-                             progress=False)
+    paths = ArtifactPaths(run_dir)
+    if paths.index.exists():
+        try:
+            paths.check_index_matches_towers()
+            return None
+        except ArtifactsError as err:
+            log.warning("%s: rebuilding it", err)
+    else:
+        log.info("no index in %s: building a flat one", run_dir)
+    return build_index.build(paths, {"kind": "flat", "use_gpu": None}, progress=False)
 
 
 def serving_speed(
@@ -229,7 +234,7 @@ def serving_speed(
     sessions = [{"events": events, "k": 10} for events in example_sessions(rows)]
     if not (Path(run_dir) / "reranker").is_dir():
         n_rerank = 0
-    with memory.measure("build index (if missing)"):
+    with memory.measure("build index (if missing or stale)"):
         built = ensure_index(run_dir)
     with memory.measure("latency"):
         latency = measure_latency(run_dir, sessions, n_plain, n_rerank)

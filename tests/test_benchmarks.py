@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import run as bench_run
+from benchmarks.latency import ensure_index
 from benchmarks.report import goals, rerank_lifts
 from benchmarks.systems import (
     BM25Retriever,
@@ -229,10 +230,18 @@ def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
     assert report["index_scale"]["summary"]
     assert report["machine"]["libraries"]["torch"]
     assert report["command"].startswith("python benchmarks/run.py --quick")
-    assert {g["status"] for g in report["goals"]} <= {"met", "missed", "not measured"}
+    assert {g["status"] for g in report["goals"]} <= {"met", "missed", "not measured", "n/a"}
     markdown = (out / "synthetic.md").read_text()
     for heading in ("## Quality, history masked (headline)", "| system | n | R@10 |",
                     "## Quality, history NOT masked", "## Per segment: R@10 / N@10",
                     "## Reranker vs. towers", "### Serving latency", "## Goals",
                     "![recall_png](synthetic_recall_at_k.png)"):
         assert heading in markdown, heading
+    # a later run finds the index it built current, and rebuilds one left by other towers
+    run_dir = out / "artifacts" / "synthetic_bert"
+    assert ensure_index(run_dir) is None
+    manifest = run_dir / "index" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()),
+                                    "model_fingerprint": "other towers"}))
+    assert ensure_index(run_dir)["items"] > 0
+    assert ensure_index(run_dir) is None
