@@ -96,8 +96,7 @@ class ItemTower(nn.Module):
         self.config: dict[str, Any] = {
             "output_dim": output_dim, "adapter_hidden": adapter_hidden, "id_dim": id_dim,
             "id_dropout": id_dropout, "text_dropout": text_dropout, "top_layers": top_layers,
-            "lora_r": lora_r,
-            "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+            "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
             "max_seq_length": max_seq_length, "encode_batch_size": encode_batch_size}
         self.bert = load_sentence_model(model_path, max_seq_length=max_seq_length)
         self.d_text = text_dim(self.bert)

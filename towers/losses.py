@@ -103,7 +103,7 @@ class InBatchSoftmaxLoss(nn.Module):
         seen = None
         if self.mask_history and history_idx is not None:  # (B, L, 1) == (1, 1, B) -> (B, B)
             seen = (history_idx.unsqueeze(2) == item_idx.view(1, 1, -1)).any(dim=1)
-            seen &= item_idx.unsqueeze(0) != item_idx.unsqueeze(1)  # never the row's positive
+            seen &= ~same  # never the row's own positive
             hits |= seen
         logits = logits.masked_fill(hits, float("-inf"))
         if mixed_item_emb is not None and mixed_item_emb.shape[0] > 0:
@@ -170,14 +170,15 @@ class FullSoftmaxLoss(nn.Module):
         self, user_emb: torch.Tensor, all_item_emb: torch.Tensor,
         exclude_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, n_items) with excluded items at -inf."""
+        """Logits (B, n_items) with excluded items at -inf; ``exclude_mask`` is (n_items,) for
+        every row or (B, n_items) per row."""
         if user_emb.dim() != 2 or all_item_emb.dim() != 2 or (
                 user_emb.shape[1] != all_item_emb.shape[1]):
             raise TowerError(f"user_emb (B, dim) and all_item_emb (n_items, dim) must share dim; "
                              f"got {tuple(user_emb.shape)}, {tuple(all_item_emb.shape)}")
         logits = user_emb @ all_item_emb.T / self.temperature  # (B, n_items)
         if exclude_mask is not None:
-            logits = logits.masked_fill(exclude_mask.unsqueeze(0), float("-inf"))
+            logits = logits.masked_fill(exclude_mask, float("-inf"))  # broadcasts (n_items,)
         return logits
 
     def forward(
@@ -187,8 +188,7 @@ class FullSoftmaxLoss(nn.Module):
         if exclude_mask is not None and bool(exclude_mask[target_idx].any()):
             raise TowerError("a training target is an excluded (new) item; new items must not "
                              "be training targets: drop them from the training examples")
-        logits = self.logits(user_emb, all_item_emb, exclude_mask)
-        if self.mask_history and history_idx is not None:
+        if self.mask_history and history_idx is not None:  # one (B, n_items) mask, one fill
             seen = history_mask(history_idx, all_item_emb.shape[0], target_idx)
-            logits = logits.masked_fill(seen, float("-inf"))
-        return F.cross_entropy(logits, target_idx)
+            exclude_mask = seen if exclude_mask is None else seen | exclude_mask
+        return F.cross_entropy(self.logits(user_emb, all_item_emb, exclude_mask), target_idx)

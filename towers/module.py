@@ -42,7 +42,9 @@ def _mask(values: Any, n_items: int, name: str) -> torch.Tensor:
 class TwoTowerModule(pl.LightningModule):
     """Trains ``TwoTowerModel(item_tower, user_tower)`` with ``loss`` (FullSoftmaxLoss or
     InBatchSoftmaxLoss). ``new_item_mask`` items are never softmax negatives nor uniform
-    negatives; ``item_popularity`` (train counts) gives logQ and the empty-session fallback."""
+    negatives (train.py passes the held-out new items, plus items without training interactions
+    when ``train.exclude_unseen_negatives``); ``item_popularity`` (train counts) gives logQ and
+    the empty-session fallback."""
 
     def __init__(
         self,
