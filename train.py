@@ -158,10 +158,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"),
             config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.errors import InstantiationException
+
     try:
         run(cfg)
-    except (ValueError, FileNotFoundError) as err:  # DataError, TowerError, EngineError, bad keys
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, InstantiationException) as err:
+        # DataError, TowerError, EngineError, bad keys; a bad tower/user/loss setting arrives
+        # wrapped by hydra.utils.instantiate: report the library's own one-line message
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        if not isinstance(cause, (ValueError, FileNotFoundError)):
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
 
 
