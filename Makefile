@@ -49,8 +49,9 @@ demo: $(STAMP)  ## the main job on the embedded synthetic data
 bench: $(STAMP)  ## make bench [DATA=amazon_scientific|movielens|synthetic] [BENCH_ARGS=--train]
 	$(OFFLINE) $(BIN)/python benchmarks/run.py --data $(DATA) $(BENCH_ARGS)
 
-serve: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT)
+serve: $(STAMP)  ## loopback; without FIRSTCLICK_API_KEYS set it serves with --no-auth
+	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT) \
+	  $(if $(FIRSTCLICK_API_KEYS),,--no-auth) $(SERVE_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

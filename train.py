@@ -2,7 +2,8 @@
 
 Stage ``towers``: Lightning trains the item tower (BERT over item text) and the user tower (over
 the session) with a contrastive loss, validates on full-catalogue ranking, and writes the run's
-artifacts (DESIGN.md): ``towers/``, ``catalogue.parquet``, ``config.yaml``, ``metrics.json``.
+artifacts (DESIGN.md): ``towers/`` (with a fresh ``run_id``), the serving state's catalogue
+(``state/``), ``config.yaml``, ``metrics.json``.
 Stage ``reranker``: trains the cross-encoder on the trained towers' hard negatives into
 ``reranker/``. Thin: compose config, instantiate, wire; the work is in the libraries.
 """
@@ -59,6 +60,7 @@ def train_towers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from engine.artifacts import save_catalogue, save_json
+    from engine.state import new_run_id
     from towers import SessionDataModule, TwoTowerModule, save_towers
 
     pl.seed_everything(cfg.seed, workers=True)
@@ -95,11 +97,12 @@ def train_towers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         module.load_state_dict(state["state_dict"])
     valid = module.evaluate(dm.valid)
     test = module.evaluate(dm.test)
-    save_towers(module.model, run_dir / "towers")
+    run_id = new_run_id()  # every part made from these towers records it (engine.state)
+    save_towers(module.model, run_dir / "towers", meta={"run_id": run_id})
     segments = ["new" if p == 0 else "long_tail" if lt else "head"
                 for p, lt in zip(dm.item_popularity, dm.long_tail_mask)]
     save_catalogue(run_dir, split.catalogue, dm.item_texts, split.item_popularity, segments)
-    metrics = {"stage": "towers", "train_seconds": round(train_seconds, 1),
+    metrics = {"stage": "towers", "run_id": run_id, "train_seconds": round(train_seconds, 1),
                "epochs": trainer.current_epoch, "global_steps": trainer.global_step,
                "best_val_ndcg_at_10": float(checkpoint.best_model_score or float("nan")),
                "train_examples": len(dm.train_tensors["target_idx"]),
@@ -144,7 +147,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     if cfg.stage in ("towers", "all"):
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        from storage import write_file
+
+        config_text = OmegaConf.to_yaml(cfg, resolve=True)
+        write_file(run_dir / "config.yaml", lambda temp: temp.write_text(config_text))
         results["towers"] = train_towers(cfg, run_dir)
         print(summary(results["towers"]))
     if cfg.stage in ("reranker", "all"):

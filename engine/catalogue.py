@@ -8,11 +8,9 @@ snapshot for its whole request.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +18,8 @@ import pandas as pd
 
 from engine.artifacts import CATALOGUE_COLUMNS, catalogue_frame
 from engine.errors import CatalogueError
-from recdata.schema import DataError, validate_catalogue
+from engine.items import ITEM_KEYS, parse_items, plain_value
 from recdata.text import catalogue_texts
-
-ITEM_FILE_FORMATS: tuple[str, ...] = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -91,61 +87,17 @@ class CatalogueState:
 
 
 def new_catalogue_rows(
-    items: Sequence[Mapping[str, Any]] | pd.DataFrame, source: str = "new items"
+    items: Sequence[Mapping[str, Any]] | pd.DataFrame, source: str = "new items",
+    loc: tuple[str | int, ...] = ("items",),
 ) -> pd.DataFrame:
-    """Validate new items (recdata.schema.validate_catalogue) -> catalogue.parquet rows with
-    their text, popularity 0, segment ``new`` and ``created_ts`` now where missing."""
+    """Validate new items with the one item schema (``engine.items.parse_items``) ->
+    catalogue.parquet rows with their text, popularity 0, segment ``new`` and ``created_ts``
+    now where missing."""
     if isinstance(items, pd.DataFrame):
-        frame = items
-    else:
-        if isinstance(items, (str, bytes, Mapping)) or not all(
-                isinstance(i, Mapping) for i in items):
-            raise CatalogueError(f"{source}: expected a list of item objects with at least "
-                                 f"\"item_id\" and \"title\"; got {type(items).__name__}")
-        frame = pd.DataFrame([dict(i) for i in items])
-    if frame.empty:
-        raise CatalogueError(f"{source}: no items to add")
-    try:
-        catalogue = validate_catalogue(frame, source)
-    except DataError as err:
-        raise CatalogueError(str(err)) from None
-    created = pd.to_numeric(catalogue["created_ts"], errors="coerce")
-    catalogue["created_ts"] = created.fillna(int(time.time()))
-    texts = catalogue_texts(catalogue)
-    return catalogue_frame(catalogue, texts, [0] * len(catalogue), ["new"] * len(catalogue))
-
-
-def read_item_file(path: str | Path) -> pd.DataFrame:
-    """New catalogue items from JSONL, a JSON list, CSV or Parquet (catalogue columns)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in ITEM_FILE_FORMATS:
-        raise CatalogueError(f"add={path}: expected a file ending in one of "
-                             f"{list(ITEM_FILE_FORMATS)}, got {suffix or 'no suffix'!r}")
-    if not path.is_file():
-        raise CatalogueError(f"add={path}: no such file")
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix == ".csv":
-            return pd.read_csv(path, dtype={"item_id": str})
-        text = path.read_text()
-        if suffix == ".json":
-            rows = json.loads(text)
-        else:
-            rows = []
-            for number, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise CatalogueError(f"add={path} line {number}: not valid JSON "
-                                             f"({err.msg}); expected one item object per line"
-                                             ) from None
-    except CatalogueError:
-        raise
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise CatalogueError(f"add={path}: unreadable ({type(err).__name__}: {err})") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise CatalogueError(f"add={path}: expected item objects (a JSON list, or one per line)")
-    return pd.DataFrame(rows)
+        items = [{k: plain_value(v) for k, v in row.items() if plain_value(v) is not None}
+                 for row in items.to_dict("records")]
+    parsed = parse_items(items, source, loc=loc)
+    frame = pd.DataFrame(parsed).reindex(columns=list(ITEM_KEYS))
+    frame["created_ts"] = pd.to_numeric(frame["created_ts"]).fillna(int(time.time()))
+    texts = catalogue_texts(frame)
+    return catalogue_frame(frame, texts, [0] * len(frame), ["new"] * len(frame))

@@ -1,5 +1,9 @@
 """Load the parts of one artifacts directory, turning each library's error into one
-``ArtifactsError`` line that says which command repairs it."""
+``ArtifactsError`` line that says which file is damaged and which command repairs it.
+
+Weights load through safetensors only: a pickle-format weights file (``*.bin``, ``*.pt``,
+``*.ckpt``, ...) planted in the towers or the reranker is refused by name before any library
+could be asked to unpickle it."""
 
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ from engine.artifacts import ArtifactPaths
 from engine.errors import ArtifactsError
 
 if TYPE_CHECKING:
-    from index import CatalogueIndex
     from rerank import Reranker, RerankPolicy
     from towers import TwoTowerModel
 
 log = logging.getLogger(__name__)
 
+PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
+# what a damaged model directory makes the loaders raise (safetensors, transformers, torch)
+LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, KeyError, ValueError, RuntimeError,
+                                                 TypeError, AttributeError)
 POLICY_KEYS: tuple[str, ...] = (
     "mode", "top_n", "cold_max_events", "blend_alpha", "rerank_segments", "standardize",
 )
@@ -84,55 +91,63 @@ def run_policy(paths: ArtifactPaths) -> RerankPolicy:
     """The run's policy: config.yaml's rerank keys, with the blend weight tuned on validation
     (``reranker/blend.json``, written by the reranker stage) when there is one."""
     blend_file = Path(paths.reranker) / "blend.json"
-    tuned = json.loads(blend_file.read_text()) if blend_file.is_file() else None
+    tuned = None
+    if blend_file.is_file():
+        try:
+            tuned = json.loads(blend_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ArtifactsError(f"{blend_file} is unreadable ({err}); retrain the reranker "
+                                 f"with `{paths.command_for('reranker')}`") from None
+        if not isinstance(tuned, dict):
+            raise ArtifactsError(f"{blend_file} must hold a JSON object like "
+                                 f"{{\"blend_alpha\": 0.2}}; retrain the reranker with "
+                                 f"`{paths.command_for('reranker')}`")
     return policy_from_config(read_config(paths), tuned)
 
 
-def load_model(paths: ArtifactPaths, device: str) -> TwoTowerModel:
-    from towers import TowerError, load_towers
+def refuse_pickles(directory: Path, fix: str) -> None:
+    """ArtifactsError naming the first pickle-format weights file under ``directory``."""
+    for path in sorted(directory.rglob("*")):
+        if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+            raise ArtifactsError(f"{path} is a pickle-format file; firstclick loads weights "
+                                 "from safetensors only and never unpickles: delete it, or "
+                                 f"remake the part with `{fix}`")
 
+
+def load_model(paths: ArtifactPaths, device: str) -> TwoTowerModel:
+    from towers import load_towers
+
+    fix = paths.command_for("towers")
+    refuse_pickles(paths.towers, fix)
     try:
         return load_towers(paths.towers, device=device)
-    except (TowerError, OSError, KeyError) as err:
+    except LOAD_ERRORS as err:
         raise ArtifactsError(f"cannot load the towers in {paths.towers} ({err}); retrain with "
-                             f"`{paths.command_for('towers')}`") from None
+                             f"`{fix}`") from None
 
 
-def load_index(paths: ArtifactPaths, fingerprint: str, use_gpu: bool | None) -> CatalogueIndex:
-    from index import (
-        CatalogueIndex,
-        IndexCorruptError,
-        IndexMismatchError,
-        IndexNotFoundError,
-    )
-
-    try:
-        return CatalogueIndex.load(paths.index, expect={"model_fingerprint": fingerprint},
-                                   use_gpu=use_gpu)
-    except IndexMismatchError:
-        raise ArtifactsError(f"{paths.index} was built from other towers than {paths.towers} "
-                             f"(model_fingerprint differs); rebuild it with "
-                             f"`{paths.command_for('index')}`") from None
-    except (IndexNotFoundError, IndexCorruptError) as err:
-        raise ArtifactsError(f"{err}; rebuild the index with "
-                             f"`{paths.command_for('index')}`") from None
-
-
-def load_reranker(paths: ArtifactPaths, device: str) -> Reranker | None:
-    """The run's reranker, or None (logged) when the run has none."""
-    from rerank import Reranker, RerankError
+def load_reranker(paths: ArtifactPaths, device: str,
+                  stamp: dict[str, Any] | None = None) -> Reranker | None:
+    """The run's reranker, or None (logged) when the run has none. With ``stamp`` (the
+    towers' run identity), a reranker trained on another run is refused."""
+    from rerank import Reranker
 
     if not paths.reranker.exists():
         log.warning("%s is missing: results are not reranked (train one with `%s`)",
                     paths.reranker, paths.command_for("reranker"))
         return None
+    if stamp is not None:
+        from engine.state import check_same_run, reranker_stamp
+
+        check_same_run(paths, {"reranker": reranker_stamp(paths)}, stamp)
+    refuse_pickles(paths.reranker, paths.command_for("reranker"))
     try:
         try:
             return Reranker.load(paths.reranker, device=device)
-        except RerankError:
+        except LOAD_ERRORS:
             if device == "cpu":
                 raise
             return Reranker.load(paths.reranker, device="cpu")  # int8 scoring is CPU-only
-    except (RerankError, OSError) as err:
+    except LOAD_ERRORS as err:
         raise ArtifactsError(f"cannot load the reranker in {paths.reranker} ({err}); retrain "
                              f"it with `{paths.command_for('reranker')}`") from None

@@ -6,10 +6,11 @@ rerank policy picks candidates for the cross-encoder and blends the scores -> th
 reason each (the session event closest to the item). A session with no usable event gets the
 fallback: popular items mixed with new ones.
 
-Threads: requests may run concurrently. Live edits (``add_items``, ``remove_items``) and index
-searches hold one ``RLock`` (faiss must not search while its index changes); the catalogue is
-an immutable ``CatalogueState`` swapped whole, read with the index under the same lock, so a
-request never sees an item in one but not the other.
+Threads: requests may run concurrently. Live edits and index searches hold one ``RLock``
+(faiss must not search while its index changes); the catalogue is an immutable
+``CatalogueState`` swapped whole, read with the index under the same lock, so a request never
+sees an item in one but not the other. Persisted edits (:meth:`Recommender.edit_items`, see
+``engine.edits``) also hold the artifacts' writer lock and commit one generation each.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine import loading
-from engine.artifacts import ArtifactPaths, load_catalogue, write_catalogue
-from engine.catalogue import CatalogueState, new_catalogue_rows
+from engine import edits, loading
+from engine.artifacts import ArtifactPaths
+from engine.catalogue import CatalogueState
 from engine.encoding import SessionEncoder
-from engine.errors import ArtifactsError, CatalogueError, SessionError
+from engine.errors import ArtifactsError, SessionError
 from engine.explain import because
 from engine.resolve import ResolvedSession, resolve_session
 from engine.session import Session, parse_session
@@ -57,7 +58,8 @@ class Recommender:
     def __init__(self, model: TwoTowerModel, index: CatalogueIndex, catalogue: pd.DataFrame, *,
                  reranker: Reranker | None = None, policy: RerankPolicy | None = None,
                  rerank: bool = True, fingerprint: str | None = None,
-                 paths: ArtifactPaths | None = None) -> None:
+                 paths: ArtifactPaths | None = None, generation: int = 0,
+                 stamp: Mapping[str, Any] | None = None, use_gpu: bool | None = None) -> None:
         if index.dim != model.dim:
             raise ArtifactsError(f"the index holds {index.dim}-d vectors but the towers make "
                                  f"{model.dim}-d ones; rebuild the index from these towers")
@@ -69,6 +71,9 @@ class Recommender:
         self.rerank = bool(rerank)
         self.fingerprint = fingerprint or model.fingerprint()
         self.paths = paths
+        self.generation = generation  # of the serving state read from paths (engine.edits)
+        self.stamp = dict(stamp or {"model_fingerprint": self.fingerprint})  # run identity
+        self._use_gpu = use_gpu
         self._state = CatalogueState.from_frame(catalogue)
         self._lock = threading.RLock()
         self._tower_texts = getattr(model.item_tower, "item_texts", None)
@@ -80,19 +85,36 @@ class Recommender:
     @classmethod
     def from_artifacts(cls, root: str | Path, *, rerank: bool = True, use_gpu: bool | None = None,
                        policy: RerankPolicy | None = None) -> Recommender:
-        """Load ``artifacts/<run>/`` once: towers, catalogue, index (refused when built from
-        other towers), the reranker when present, the rerank policy from config.yaml."""
+        """Load ``artifacts/<run>/`` once: towers, the current generation's catalogue and index,
+        the reranker when present, the rerank policy from config.yaml. Parts from another
+        training run than the towers (or an index built from other towers) are refused."""
+        from engine.state import check_run, load_state, run_stamp
+
         paths = ArtifactPaths(root)
         paths.check(("towers", "catalogue", "index"))
         fingerprint = paths.check_index_matches_towers()["model_fingerprint"]
+        stamp = run_stamp(paths)
+        check_run(paths, ("catalogue", "index", "reranker") if rerank else ("catalogue", "index"))
         device = loading.resolve_device(use_gpu)
         model = loading.load_model(paths, device)
-        index = loading.load_index(paths, fingerprint, use_gpu)
-        catalogue = load_catalogue(paths.root)
-        reranker = loading.load_reranker(paths, device) if rerank else None
+        generation, parts = load_state(paths, stamp, use_gpu=use_gpu)
+        reranker = loading.load_reranker(paths, device, stamp) if rerank else None
         policy = policy or loading.run_policy(paths)
-        return cls(model, index, catalogue, reranker=reranker, policy=policy, rerank=rerank,
-                   fingerprint=fingerprint, paths=paths)
+        return cls(model, parts["index"], parts["catalogue"], reranker=reranker, policy=policy,
+                   rerank=rerank, fingerprint=fingerprint, paths=paths, generation=generation,
+                   stamp=stamp, use_gpu=use_gpu)
+
+    def reload_state(self) -> None:
+        """Re-read the catalogue and index of the artifacts' current generation (another
+        writer committed): refused when the state now belongs to another training run."""
+        from engine.state import load_state
+
+        if self.paths is None:
+            raise ArtifactsError("this Recommender was not loaded from an artifacts directory")
+        generation, parts = load_state(self.paths, self.stamp, use_gpu=self._use_gpu)
+        state = CatalogueState.from_frame(parts["catalogue"])
+        with self._lock:
+            self.index, self._state, self.generation = parts["index"], state, generation
 
     # ---- reading ------------------------------------------------------------------------
     @property
@@ -111,6 +133,7 @@ class Recommender:
                 "catalogue_items": len(self._state), "dim": self.model.dim,
                 "index": self.index.factory_string, "fingerprint": self.fingerprint,
                 "reranker": self.reranker is not None and self.rerank,
+                "generation": self.generation, "run_id": self.stamp.get("run_id"),
                 "policy": repr(self.policy), "device": str(self.model.device),
                 "max_seq_len": self.encoder.max_seq_len}
 
@@ -242,55 +265,34 @@ class Recommender:
         return {"user_id": r.session.user_id, "segment": segment, "reranked": reranked,
                 "items": items, "timings_ms": {"rerank": rerank_ms}, "warnings": r.warnings}
 
-    # ---- live edits ---------------------------------------------------------------------
+    # ---- live edits (engine.edits) ------------------------------------------------------
+    def edit_items(self, add: Sequence[Mapping[str, Any]] | pd.DataFrame | None = None,
+                   remove: Sequence[str] = (), *, upsert: bool = False,
+                   lock_timeout: float = edits.DEFAULT_LOCK_TIMEOUT_S, who: str | None = None,
+                   loc: tuple[str | int, ...] = ("items",)) -> dict[str, Any]:
+        """Remove ``remove``, add ``add`` (catalogue fields, validated by the item schema,
+        embedded from text alone) and commit catalogue + index as one generation, under the
+        artifacts' writer lock, after reloading what other writers committed. The path of
+        ``build_index.py add=/remove=`` and the service alike. Returns a summary."""
+        return edits.edit_items(self, add, remove, upsert=upsert, lock_timeout=lock_timeout,
+                                who=who, loc=loc)
+
     def add_items(self, items: Sequence[Mapping[str, Any]] | pd.DataFrame, *,
                   upsert: bool = False) -> list[str]:
-        """Add new catalogue items (catalogue fields, at least item_id and title), embedded from
-        their text alone; they are searchable at once. Ids already in the catalogue raise
-        CatalogueError unless ``upsert`` replaces their fields and vectors (popularity and
-        segment kept). Call :meth:`save` to persist. Returns the added ids."""
-        rows = new_catalogue_rows(items, source="add_items")
-        ids = rows["item_id"].tolist()
-        present = [i for i in ids if i in self._state]
-        if present and not upsert:
-            raise CatalogueError(f"{len(present)} item id(s) already in the catalogue: "
-                                 f"{present[:5]}; remove them first or add with upsert=True")
-        if not self.encoder.supports_text:
-            raise CatalogueError("this run's item tower is ID-only (tower=id): it cannot embed "
-                                 "new items from text; retrain with a text tower to add items")
-        item_emb = self.model.item_emb_from_texts(rows["text"].tolist())  # (n, dim)
-        with self._lock:
-            state = self._state.with_rows(rows, replace=upsert)
-            self.index.add(item_emb, ids, upsert=upsert)
-            self._state = state
-        log.info("added %d item(s) (upsert=%s)", len(ids), upsert)
-        return ids
+        """Add new items in memory only (searchable at once; :meth:`save` persists, or use
+        :meth:`edit_items`). Ids already present raise unless ``upsert``."""
+        rows, item_emb = edits.prepare_rows(self, items, "add_items")
+        added, _ = edits.apply_edit(self, rows, item_emb, [], upsert)
+        log.info("added %d item(s) (upsert=%s)", len(added), upsert)
+        return added
 
     def remove_items(self, item_ids: Sequence[str]) -> int:
-        """Remove items from the index and the catalogue; unknown ids raise CatalogueError and
-        nothing is removed. Call :meth:`save` to persist. Returns how many were removed."""
-        if isinstance(item_ids, str) or not all(isinstance(i, str) for i in item_ids):
-            raise CatalogueError(f"remove: expected a list of item id strings, got {item_ids!r}")
-        ids = list(dict.fromkeys(i.strip() for i in item_ids))
-        with self._lock:
-            unknown = [i for i in ids if i not in self._state and i not in self.index]
-            if unknown:
-                raise CatalogueError(f"cannot remove {len(unknown)} item id(s) that are not in "
-                                     f"the catalogue: {unknown[:5]}")
-            state = self._state.without(ids)
-            indexed = [i for i in ids if i in self.index]
-            if indexed:
-                self.index.remove(indexed)
-            self._state = state
-        log.info("removed %d item(s)", len(ids))
-        return len(ids)
+        """Remove items in memory only; unknown ids raise and nothing is removed."""
+        _, removed = edits.apply_edit(self, None, None, edits.clean_ids(item_ids), False)
+        log.info("removed %d item(s)", removed)
+        return removed
 
     def save(self) -> None:
-        """Persist the index and the catalogue into the artifacts directory, each atomically."""
-        if self.paths is None:
-            raise ArtifactsError("this Recommender was not loaded from an artifacts directory; "
-                                 "build it with Recommender.from_artifacts to save")
-        with self._lock:
-            self.index.save(self.paths.index, manifest_extra={
-                "model_fingerprint": self.fingerprint, "run": self.paths.run})
-            write_catalogue(self.paths.catalogue, self._state.frame)
+        """Commit the in-memory catalogue and index as a new generation; refused when another
+        writer committed since this Recommender read the state (no silent overwrite)."""
+        edits.save(self)

@@ -82,11 +82,13 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
                            seed: int, model_path: str) -> dict[str, Any]:
     """Train ``Reranker`` on ``split``'s examples with the run's towers as the candidate
     generator; save it to ``run_dir/reranker`` and return its before/after metrics."""
-    from engine.artifacts import load_catalogue, save_json
+    from engine.artifacts import ArtifactPaths, load_catalogue, save_json
+    from engine.state import run_stamp
     from rerank import Reranker, build_groups, build_pairs, train_reranker
     from towers import load_towers
 
     run_dir = Path(run_dir)
+    stamp = run_stamp(ArtifactPaths(run_dir))  # the reranker records the towers' run
     model = load_towers(run_dir / "towers")
     catalogue = load_catalogue(run_dir)
     texts = dict(zip(catalogue["item_id"], catalogue["text"]))
@@ -112,7 +114,7 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
                              batch_size=int(rcfg["batch_size"]), lr=float(rcfg["lr"]),
                              warmup_ratio=float(rcfg["warmup_ratio"]),
                              max_steps=rcfg.get("max_steps"), seed=seed)
-    reranker.save(run_dir / "reranker")
+    reranker.save(run_dir / "reranker", stamp=stamp)
     blend = tune_blend(reranker, groups, valid_scores, rcfg)
     save_json(run_dir / "reranker" / "blend.json", blend)
     metrics.update(train_examples=len(train), train_pairs=len(pairs), valid_groups=len(groups),

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +29,7 @@ from sentence_transformers import CrossEncoder
 from torch import nn
 
 from rerank.pairs import RerankError, session_context_text
+from storage.atomic import write_dir
 
 log = logging.getLogger(__name__)
 
@@ -209,31 +208,22 @@ class Reranker:
             "context_max_events": self.context_max_events,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], stamp: Mapping[str, Any] | None = None) -> None:
         """Write the fp32 weights (safetensors) and a json config to ``path``, atomically.
 
-        The layout is ``path/model/`` (a CrossEncoder directory) and ``path/reranker_config.json``.
-        Written to a temporary sibling first, then renamed over ``path``.
+        The layout is ``path/model/`` (a CrossEncoder directory), ``path/reranker_config.json``
+        and, with ``stamp`` (the run identity), ``path/run.json``; written by
+        ``storage.atomic.write_dir``, the writer every artifact shares.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact dir should read like any other
-        try:
+
+        def fill(tmp: Path) -> None:
+            tmp.chmod(0o755)  # mkdtemp-style private dirs would not read like the others
             self.cross_encoder.save_pretrained(
                 str(tmp / MODEL_DIR), create_model_card=False, safe_serialization=True
             )
             (tmp / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                path.rename(old)
-            tmp.rename(path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        write_dir(path, fill, stamp=dict(stamp) if stamp is not None else None)
         log.info("saved reranker to %s (%s)", path, self.config())
 
     @classmethod
@@ -247,7 +237,12 @@ class Reranker:
         if not config_file.is_file():
             raise RerankError(f"{path} is not a saved reranker: {CONFIG_NAME} is missing. "
                               "Write one with Reranker.save(dir)")
-        config = json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RerankError(f"{config_file} is unreadable ({err})") from None
+        if not isinstance(config, dict):
+            raise RerankError(f"{config_file} must hold a JSON object")
         if config.get("format_version") != FORMAT_VERSION:
             raise RerankError(f"{config_file}: format_version {config.get('format_version')!r} is "
                               f"not supported (expected {FORMAT_VERSION})")

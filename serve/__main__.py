@@ -1,9 +1,11 @@
 """``python -m serve --artifacts DIR [--port 8000] [--host 127.0.0.1]``: the HTTP service in the
 foreground (one uvicorn worker process; see ``serve/__init__.py``).
 
-Arguments, the API-keys file and the artifacts' json files are checked, and the artifacts are
-loaded, before uvicorn starts: a missing or mismatched run prints one ``error: ...`` line on
-stderr and exits 2, with no traceback and no half-started server.
+Arguments, the API keys and the artifacts' json files are checked, and the artifacts are
+loaded, before uvicorn starts: a missing or mismatched run, or an API-keys variable or file
+without a usable key, prints one ``error: ...`` line on stderr and exits 2, with no traceback
+and no half-started server. Without keys the service refuses to start unless ``--no-auth``
+says so (then it logs a warning).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_BATCH = 256
 DEFAULT_ENGINE_THREADS = 2
 DEFAULT_TORCH_THREADS = 1
+DEFAULT_MAX_RESULTS = 10_000
 
 
 def port_number(text: str) -> int:
@@ -49,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-keys-file", default=None,
                         help="file of API keys, one per line; with it (or FIRSTCLICK_API_KEYS, "
                              "comma-separated) every route but /healthz needs X-API-Key")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve without API keys (anyone who can reach the port may edit "
+                             "the catalogue); required when no key is configured")
     parser.add_argument("--engine-threads", type=positive_int, default=DEFAULT_ENGINE_THREADS,
                         help="engine calls running at once; more queue (default "
                              f"{DEFAULT_ENGINE_THREADS}, the target's CPU cores)")
@@ -59,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"larger bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
     parser.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
                         help=f"sessions per /recommend/batch (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--max-results", type=positive_int, default=DEFAULT_MAX_RESULTS,
+                        help="items one request may ask for in all, k x sessions (default "
+                             f"{DEFAULT_MAX_RESULTS})")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     return parser
@@ -73,9 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         api_keys = keys_from_env()
         if args.api_keys_file:
             api_keys |= keys_from_file(args.api_keys_file)
+        if api_keys and args.no_auth:
+            raise AuthConfigError("--no-auth contradicts the API keys configured (in "
+                                  "FIRSTCLICK_API_KEYS or --api-keys-file); drop one of them")
+        if not api_keys and not args.no_auth:
+            raise AuthConfigError("no API key configured: set FIRSTCLICK_API_KEYS=k1,k2 or "
+                                  "--api-keys-file FILE, or pass --no-auth to serve without "
+                                  "auth (anyone who can reach the port may edit the catalogue)")
         paths = ArtifactPaths(args.artifacts)
         paths.check(("towers", "catalogue", "index"))
         paths.check_index_matches_towers()
+        from engine.state import check_run
+
+        check_run(paths, ("catalogue", "index") if args.no_rerank
+                  else ("catalogue", "index", "reranker"))
         quiet_libraries()
         import torch  # noqa: F401 - seconds; after the cheap checks
 
@@ -92,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(recommender=recommender, api_keys=api_keys,
                      max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
-                     engine_threads=args.engine_threads, torch_threads=args.torch_threads)
+                     engine_threads=args.engine_threads, torch_threads=args.torch_threads,
+                     max_results=args.max_results)
     logging.getLogger(__name__).info(
         "serving %s on http://%s:%d (auth %s)", paths.root, args.host, args.port,
-        "on" if api_keys else "off")
+        "on" if api_keys else "OFF (--no-auth)")
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level,
                 access_log=args.log_level == "debug")
     return 0

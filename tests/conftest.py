@@ -27,6 +27,7 @@ def tiny_bert_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 from pathlib import Path  # noqa: E402 - kept inside this block
 
 TINY_RUN = "tiny"
+TINY_RUN_ID = "20250101T000000Z-tiny0001"
 TINY_MAX_SEQ_LEN = 8
 
 
@@ -36,6 +37,7 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
     import torch
 
     from engine.artifacts import ArtifactPaths, item_segments, save_catalogue
+    from engine.state import run_stamp
     from recdata import catalogue_texts, load_dataset, split_dataset
     from rerank import Reranker
     from towers import ItemTower, TwoTowerModel, UserTower, save_towers
@@ -51,9 +53,9 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
         user_tower = UserTower(item_tower.dim, max_seq_len=TINY_MAX_SEQ_LEN, dropout=0.0)
     model = TwoTowerModel(item_tower, user_tower, catalogue["item_id"].tolist())
     paths = ArtifactPaths(root)
-    save_towers(model, paths.towers)
+    save_towers(model, paths.towers, meta={"run_id": TINY_RUN_ID, "split_fingerprint": "tiny"})
     save_catalogue(root, catalogue, texts, split.item_popularity, item_segments(split))
-    Reranker(tiny_bert_path, max_length=32).save(paths.reranker)
+    Reranker(tiny_bert_path, max_length=32).save(paths.reranker, stamp=run_stamp(paths))
     paths.config.write_text(f"run_name: {TINY_RUN}\nrerank:\n  mode: auto\n  top_n: 10\n"
                             "  cold_max_events: 3\n  blend_alpha: 0.5\n"
                             "  rerank_segments: [long_tail, new]\n  standardize: zscore\n")

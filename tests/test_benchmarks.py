@@ -240,7 +240,9 @@ def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
     # a later run finds the index it built current, and rebuilds one left by other towers
     run_dir = out / "artifacts" / "synthetic_bert"
     assert ensure_index(run_dir) is None
-    manifest = run_dir / "index" / "manifest.json"
+    from engine.artifacts import ArtifactPaths
+
+    manifest = ArtifactPaths(run_dir).index / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()),
                                     "model_fingerprint": "other towers"}))
     assert ensure_index(run_dir)["items"] > 0

@@ -24,14 +24,20 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_all_artifacts(tiny_run: Path) -> None:
-    for name in ("config.yaml", "metrics.json", "catalogue.parquet", "towers"):
-        assert (tiny_run / name).exists(), name
+    from engine.artifacts import ArtifactPaths, catalogue_stamp
+
+    paths = ArtifactPaths(tiny_run)
+    for path in (paths.config, paths.metrics, paths.catalogue, paths.towers):
+        assert path.exists(), path
+    run_id = json.loads((paths.towers / "towers.json").read_text())["run_id"]
+    assert run_id and catalogue_stamp(paths.catalogue)["run_id"] == run_id
+    assert json.loads(paths.metrics.read_text())["run_id"] == run_id
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     overall = metrics["test"]["masked"]["overall"]
     assert 0.0 <= overall["recall_at_10"] <= overall["recall_at_50"] <= 1.0
     assert {"user=warm_user", "target=new"} <= set(metrics["test"]["masked"]["by_segment"])
     assert metrics["epochs"] >= 1 and metrics["train_examples"] > 0
-    catalogue = pd.read_parquet(tiny_run / "catalogue.parquet")
+    catalogue = pd.read_parquet(paths.catalogue)
     assert len(catalogue) == 150 and set(catalogue["segment"]) <= {"head", "long_tail", "new"}
     assert not list((tiny_run / "checkpoints").glob("*.ckpt"))
 

@@ -1,0 +1,156 @@
+"""Live catalogue edits of a ``Recommender``: in memory, and persisted as one generation.
+
+:func:`edit_items` is the one persisted edit path: ``build_index.py add=/remove=`` and the
+service's ``POST /items`` / ``DELETE /items/{id}`` both call it (through
+``Recommender.edit_items``). It
+
+1. validates the new items (``engine.items``) and embeds them from their text, outside every
+   lock (the model pass is the slow part);
+2. takes the artifacts' writer lock (``storage.lock``; waits at most ``lock_timeout`` seconds,
+   then raises ``WriterBusyError``);
+3. if another writer committed since this Recommender read the state (another process, e.g.
+   ``build_index.py add=`` beside a running service), reloads the catalogue and index from disk
+   first -- so its edit applies on top of theirs, never over them;
+4. checks the ids (unknown removals, existing adds without upsert) against that state, applies
+   the edit in memory, and commits catalogue + index as one new generation
+   (``storage.generations``): a crash at any instant leaves the old state or the new one.
+   If the commit fails, memory is reloaded from disk, so it never disagrees with what is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from engine.catalogue import new_catalogue_rows
+from engine.errors import (
+    ArtifactsError,
+    CatalogueError,
+    DuplicateItemError,
+    UnknownItemError,
+    WriterBusyError,
+)
+from storage import LockTimeout, StaleGenerationError
+
+if TYPE_CHECKING:
+    from engine.recommender import Recommender
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+
+
+def clean_ids(item_ids: Sequence[str]) -> list[str]:
+    if isinstance(item_ids, str) or not all(isinstance(i, str) for i in item_ids):
+        raise CatalogueError(f"remove: expected a list of item id strings, got {item_ids!r}")
+    return list(dict.fromkeys(i.strip() for i in item_ids))
+
+
+def prepare_rows(rec: Recommender, items: Sequence[Mapping[str, Any]] | pd.DataFrame | None,
+                 source: str, loc: tuple[str | int, ...] = ("items",)
+                 ) -> tuple[pd.DataFrame | None, np.ndarray | None]:
+    """Validated catalogue rows of new items and their text-only vectors (n, dim)."""
+    if items is None:
+        return None, None
+    rows = new_catalogue_rows(items, source=source, loc=loc)
+    if not rec.encoder.supports_text:
+        raise CatalogueError("this run's item tower is ID-only (tower=id): it cannot embed "
+                             "new items from text; retrain with a text tower to add items")
+    return rows, rec.encoder.item_emb(rows["text"].tolist())
+
+
+def apply_edit(rec: Recommender, rows: pd.DataFrame | None, item_emb: np.ndarray | None,
+               remove: list[str], upsert: bool) -> tuple[list[str], int]:
+    """Remove, then add, in memory under the recommender's lock; every check first, so a
+    refused edit changes nothing. Returns (added ids, removed count)."""
+    with rec._lock:
+        state = rec._state
+        unknown = [i for i in remove if i not in state and i not in rec.index]
+        if unknown:
+            error = UnknownItemError(f"cannot remove {len(unknown)} item id(s) that are not in "
+                                     f"the catalogue: {unknown[:5]}")
+            error.loc = ("item_id",)
+            raise error
+        ids = rows["item_id"].tolist() if rows is not None else []
+        present = [i for i in ids if i in state and i not in remove]
+        if present and not upsert:
+            raise DuplicateItemError(f"{len(present)} item id(s) already in the catalogue: "
+                                     f"{present[:5]}; remove them first, or add with upsert "
+                                     "(?upsert=true, upsert=true) to replace their fields")
+        if remove:
+            state = state.without(remove)
+            indexed = [i for i in remove if i in rec.index]
+            if indexed:
+                rec.index.remove(indexed)
+        if rows is not None:
+            state = state.with_rows(rows, replace=upsert)
+            rec.index.add(item_emb, ids, upsert=upsert)
+        rec._state = state
+    return ids, len(remove)
+
+
+def edit_items(rec: Recommender, add: Sequence[Mapping[str, Any]] | pd.DataFrame | None = None,
+               remove: Sequence[str] = (), *, upsert: bool = False,
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S, who: str | None = None,
+               loc: tuple[str | int, ...] = ("items",)) -> dict[str, Any]:
+    """The persisted edit (see the module docstring); returns
+    ``{"added": [...], "removed": n, "items": n_items, "generation": n}``."""
+    from engine.state import state_store
+
+    if rec.paths is None:
+        raise ArtifactsError("this Recommender was not loaded from an artifacts directory; "
+                             "build it with Recommender.from_artifacts to edit and save")
+    remove_ids = clean_ids(remove)
+    rows, item_emb = prepare_rows(rec, add, "add_items", loc)
+    if rows is None and not remove_ids:
+        raise CatalogueError("nothing to edit: pass items to add or ids to remove")
+    store = state_store(rec.paths.root)
+    try:
+        with store.writer(timeout=lock_timeout, who=who) as writer:
+            on_disk = writer.current()
+            if (on_disk.number if on_disk is not None else 0) != rec.generation:
+                log.info("%s changed on disk (generation %s, loaded %s): reloading before the "
+                         "edit", rec.paths.root, on_disk and on_disk.number, rec.generation)
+                rec.reload_state()
+            added, removed = apply_edit(rec, rows, item_emb, remove_ids, upsert)
+            try:
+                gen = writer.commit({"catalogue": rec._state.frame, "index": rec.index},
+                                    expected=rec.generation, stamp=rec.stamp,
+                                    note=f"edit: +{len(added)} -{removed}")
+            except BaseException:
+                rec.reload_state()  # memory must not hold what the disk does not
+                raise
+            rec.generation = gen.number
+    except LockTimeout as err:
+        raise WriterBusyError(str(err)) from None
+    log.info("edit committed as generation %d: +%d -%d items", gen.number, len(added), removed)
+    return {"added": added, "removed": removed, "items": rec.n_items,
+            "generation": gen.number}
+
+
+def save(rec: Recommender, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> int:
+    """Commit the in-memory catalogue and index as a new generation, refusing (instead of
+    overwriting) when another writer committed since this Recommender read the state."""
+    from engine.state import state_store
+
+    if rec.paths is None:
+        raise ArtifactsError("this Recommender was not loaded from an artifacts directory; "
+                             "build it with Recommender.from_artifacts to save")
+    try:
+        with state_store(rec.paths.root).writer(timeout=lock_timeout) as writer:
+            with rec._lock:
+                frame = rec._state.frame
+            gen = writer.commit({"catalogue": frame, "index": rec.index},
+                                expected=rec.generation, stamp=rec.stamp, note="save")
+    except StaleGenerationError as err:
+        raise ArtifactsError(f"{err}: this Recommender's unsaved edits would overwrite them; "
+                             "reload it (Recommender.from_artifacts) and edit with "
+                             "edit_items, which reloads first") from None
+    except LockTimeout as err:
+        raise WriterBusyError(str(err)) from None
+    rec.generation = gen.number
+    return gen.number
