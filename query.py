@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from engine.artifacts import ArtifactPaths
 from engine.errors import SessionError
 from engine.inputs import MAX_FILE_BYTES
-from engine.loading import quiet_libraries
+from engine.loading import log_to_stderr, quiet_libraries
 from engine.session import Session, parse_sessions_text
 
 DEFAULT_ARTIFACTS = "artifacts/demo"
@@ -130,8 +130,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None,
     """Run the CLI; returns the exit status (0, or 2 for bad input)."""
     args = build_parser().parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.WARNING)
     try:
         sessions, many = read_sessions(args.session, stdin)
         paths = ArtifactPaths(args.artifacts)

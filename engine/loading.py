@@ -31,6 +31,33 @@ POLICY_KEYS: tuple[str, ...] = (
 )
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A StreamHandler that writes to whatever ``sys.stderr`` is at each record (a CLI called
+    from tests or a notebook must not keep a stream that was swapped out and closed)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def log_to_stderr(level: int | str, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+    """The CLIs' logging: one handler on the root logger, to the current stderr."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _CurrentStderr):
+            root.removeHandler(handler)
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def quiet_libraries() -> None:
     """For CLIs, before torch/transformers are imported: no model-hub calls, no model-loading
     progress bars or info logs on stderr (explicit environment settings win)."""
@@ -112,6 +139,13 @@ def refuse_pickles(directory: Path, fix: str) -> None:
             raise ArtifactsError(f"{path} is a pickle-format file; firstclick loads weights "
                                  "from safetensors only and never unpickles: delete it, or "
                                  f"remake the part with `{fix}`")
+
+
+def check_weights(paths: ArtifactPaths, rerank: bool = True) -> None:
+    """Refuse pickle-format files in the towers (and the reranker) before loading anything."""
+    refuse_pickles(paths.towers, paths.command_for("towers"))
+    if rerank and paths.reranker.exists():
+        refuse_pickles(paths.reranker, paths.command_for("reranker"))
 
 
 def load_model(paths: ArtifactPaths, device: str) -> TwoTowerModel:

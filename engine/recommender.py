@@ -95,6 +95,7 @@ class Recommender:
         fingerprint = paths.check_index_matches_towers()["model_fingerprint"]
         stamp = run_stamp(paths)
         check_run(paths, ("catalogue", "index", "reranker") if rerank else ("catalogue", "index"))
+        loading.check_weights(paths, rerank)
         device = loading.resolve_device(use_gpu)
         model = loading.load_model(paths, device)
         generation, parts = load_state(paths, stamp, use_gpu=use_gpu)

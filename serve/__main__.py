@@ -15,7 +15,7 @@ import logging
 import sys
 
 from engine.artifacts import ArtifactPaths
-from engine.loading import quiet_libraries
+from engine.loading import log_to_stderr, quiet_libraries
 from query import positive_int
 from serve.auth import AuthConfigError, keys_from_env, keys_from_file
 
@@ -76,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Check, load, then serve until interrupted; returns the exit status (0, or 2)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(args.log_level.upper(), "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         api_keys = keys_from_env()
         if args.api_keys_file:

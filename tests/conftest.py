@@ -9,6 +9,7 @@ import pytest
 # ---- towers: tiny random BERT (owner: towers/ + tests/test_towers.py) -------------------------
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # as the CLIs run (quiet_libraries)
 
 
 @pytest.fixture(scope="session")
