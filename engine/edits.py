@@ -35,13 +35,14 @@ from engine.errors import (
     WriterBusyError,
 )
 from storage import LockTimeout, StaleGenerationError
+from storage.lock import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from engine.recommender import Recommender
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_TIMEOUT_S = 30.0
+DEFAULT_LOCK_TIMEOUT_S = DEFAULT_TIMEOUT_S  # 60 s, as every CLI writer
 
 
 def clean_ids(item_ids: Sequence[str]) -> list[str]:
