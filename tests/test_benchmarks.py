@@ -270,3 +270,35 @@ def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
         bench_run.run_all(bench_run.parse_args([
             "--quick", "--out", str(out), "--systems", "two_tower_bert", "--artifacts-bert",
             str(run_dir), "--set", "data.split.seed=7"]))
+
+
+def test_ablation_grid_records_each_row_and_reruns_only_what_is_asked(tmp_path: Path) -> None:
+    from benchmarks import ablations
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "name: tiny_grid\ntitle: tiny\nbase: [tower=tiny, data.options.n_items=120, "
+        "data.options.n_users=60, logger=none, trainer.max_epochs=1, train.batch_size=32, "
+        f"threads=1, cache_dir={tmp_path}/cache]\n"
+        "rows:\n  - key: a\n    label: defaults\n"
+        "  - key: b\n    label: no history mask\n    overrides: [loss.mask_history=false]\n")
+    out, art = tmp_path / "out", tmp_path / "art"
+    assert ablations.main([str(grid), "--out", str(out), "--artifacts-dir", str(art)]) == 0
+    result = json.loads((out / "tiny_grid.json").read_text())
+    assert [row["key"] for row in result["rows"]] == ["a", "b"]
+    for row in result["rows"]:
+        recorded = json.loads((art / f"tiny_grid_{row['key']}" / "metrics.json").read_text())
+        assert row["valid_masked"]["recall_at_10"] == recorded["valid"]["masked"]["overall"][
+            "recall_at_10"]
+        assert row["test_unmasked"]["ndcg_at_10"] == recorded["test"]["unmasked"]["overall"][
+            "ndcg_at_10"]
+        assert row["command"].startswith("python train.py tower=tiny")
+        assert len(row["commit"]) == 40 and row["seed"] == 0
+    assert "loss.mask_history=false" in result["rows"][1]["command"]
+    # --only re-runs one row and keeps the other as it was
+    kept = result["rows"][0]
+    assert ablations.main([str(grid), "--out", str(out), "--artifacts-dir", str(art),
+                           "--only", "b"]) == 0
+    again = json.loads((out / "tiny_grid.json").read_text())
+    assert again["rows"][0] == kept and again["rows"][1]["finished_at"] >= kept["finished_at"]
+    assert ablations.main([str(grid), "--out", str(out), "--only", "zzz"]) == 2
