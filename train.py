@@ -98,7 +98,9 @@ def train_towers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     valid = module.evaluate(dm.valid)
     test = module.evaluate(dm.test)
     run_id = new_run_id()  # every part made from these towers records it (engine.state)
-    save_towers(module.model, run_dir / "towers", meta={"run_id": run_id})
+    save_towers(module.model, run_dir / "towers",
+                extra_meta={"run_id": run_id, "split_fingerprint": split.fingerprint,
+                            "data": cfg.data.name})
     segments = ["new" if p == 0 else "long_tail" if lt else "head"
                 for p, lt in zip(dm.item_popularity, dm.long_tail_mask)]
     save_catalogue(run_dir, split.catalogue, dm.item_texts, split.item_popularity, segments)

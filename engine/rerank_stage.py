@@ -88,6 +88,7 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
     from towers import load_towers
 
     run_dir = Path(run_dir)
+    ArtifactPaths(run_dir).check_split(split.fingerprint)  # candidates must come from this split
     stamp = run_stamp(ArtifactPaths(run_dir))  # the reranker records the towers' run
     model = load_towers(run_dir / "towers")
     catalogue = load_catalogue(run_dir)

@@ -28,18 +28,20 @@ FORMAT_VERSION = 1
 ITEM_TOWER_CLASSES = {"ItemTower": ItemTower, "IdItemTower": IdItemTower}
 
 
-def save_towers(model: TwoTowerModel, directory: str | Path, *,
-                meta: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``directory`` atomically; returns the directory. ``meta`` adds keys
-    to towers.json (the run identity: ``run_id``, ``split_fingerprint``)."""
+def save_towers(model: TwoTowerModel, directory: str | Path,
+                extra_meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``directory`` atomically; returns the directory. ``extra_meta`` (JSON
+    values: the run identity ``run_id`` and ``split_fingerprint``, the data name) is stored in
+    towers.json beside the format keys."""
     if model.item_ids is None:
         raise TowerError("save_towers needs the model's item_ids (the catalogue order its item "
                          "indices refer to): build TwoTowerModel(..., item_ids=...)")
-    extra = dict(meta or {})
+    extra = dict(extra_meta or {})
     clash = sorted(set(extra) & {"format_version", "item_tower_class", "user_tower", "dim",
                                  "fingerprint", "item_ids"})
     if clash:
-        raise TowerError(f"save_towers meta= keys {clash} would overwrite towers.json's own")
+        raise TowerError(f"save_towers extra_meta keys {clash} would overwrite towers.json's "
+                         "own")
 
     def fill(tmp: Path) -> None:
         fingerprint = model.item_tower.save(tmp / "item_tower")
