@@ -54,7 +54,8 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
         user_tower = UserTower(item_tower.dim, max_seq_len=TINY_MAX_SEQ_LEN, dropout=0.0)
     model = TwoTowerModel(item_tower, user_tower, catalogue["item_id"].tolist())
     paths = ArtifactPaths(root)
-    save_towers(model, paths.towers, meta={"run_id": TINY_RUN_ID, "split_fingerprint": "tiny"})
+    save_towers(model, paths.towers,
+                extra_meta={"run_id": TINY_RUN_ID, "split_fingerprint": "tiny"})
     save_catalogue(root, catalogue, texts, split.item_popularity, item_segments(split))
     Reranker(tiny_bert_path, max_length=32).save(paths.reranker, stamp=run_stamp(paths))
     paths.config.write_text(f"run_name: {TINY_RUN}\nrerank:\n  mode: auto\n  top_n: 10\n"
