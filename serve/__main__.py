@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch  # noqa: F401 - seconds; after the cheap checks
 
         from engine.recommender import Recommender
+        from engine.state import state_store
 
         torch.set_num_threads(args.torch_threads)
+        state_store(paths.root).tidy()  # what a killed writer left (skipped if one is writing)
         recommender = Recommender.from_artifacts(paths.root, rerank=not args.no_rerank)
     except (AuthConfigError, ValueError) as err:  # engine errors are ValueError subclasses
         print(f"error: {err}", file=sys.stderr)

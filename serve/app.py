@@ -166,8 +166,10 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
             torch.set_num_threads(state.torch_threads)
         if state.recommender is None:
             from engine.loading import quiet_libraries
+            from engine.state import state_store
 
             quiet_libraries()
+            await anyio.to_thread.run_sync(state_store(state.artifacts).tidy)
             state.recommender = await anyio.to_thread.run_sync(
                 partial(Recommender.from_artifacts, state.artifacts, rerank=state.rerank))
         state.limiter = anyio.CapacityLimiter(state.engine_threads)

@@ -42,7 +42,7 @@ from typing import Any
 
 from storage.atomic import fsync_dir, fsync_tree, link_tree, write_json
 from storage.faults import checkpoint
-from storage.lock import DEFAULT_TIMEOUT_S, DirLock
+from storage.lock import DEFAULT_TIMEOUT_S, DirLock, LockTimeout
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,19 @@ class StateStore:
         with DirLock(self.root, timeout=timeout, who=who):
             self._clean()
             yield StateWriter(self)
+
+    def tidy(self) -> bool:
+        """Clean what killed writers left, if no writer holds the lock right now (never waits);
+        for a process starting on the artifacts (the service). True when it cleaned."""
+        if not self.state_dir.is_dir():
+            return False
+        try:
+            with DirLock(self.root, timeout=0, who="tidy at start"):
+                self._clean()
+        except (LockTimeout, OSError) as err:  # busy, or a read-only directory: leave it
+            log.info("not tidying %s now: %s", self.state_dir, err)
+            return False
+        return True
 
     def _generation_dirs(self) -> dict[int, Path]:
         if not self.state_dir.is_dir():

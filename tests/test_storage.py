@@ -168,8 +168,21 @@ def test_stale_temp_and_uncommitted_generations_are_removed_at_writer_start(
     (state / "g000007").mkdir()  # renamed, but killed before the pointer swap
     (state / ".CURRENT.tmp-abcd").write_text("{")
     assert state_store(tmp_path).number() == 1  # readers ignore all of it
-    with state_store(tmp_path).writer():
-        pass
+    held, done = threading.Event(), threading.Event()
+
+    def writer_at_work() -> None:
+        with DirLock(tmp_path):
+            held.set()
+            done.wait(timeout=30)
+
+    thread = threading.Thread(target=writer_at_work)
+    thread.start()
+    assert held.wait(timeout=30)
+    assert not state_store(tmp_path).tidy()  # a writer at work: a starting service waits not
+    done.set()
+    thread.join()
+    assert (state / "g000007").exists()
+    assert state_store(tmp_path).tidy()  # as the service does at start (also every writer)
     assert sorted(p.name for p in state.iterdir()) == [POINTER, "g000001"]
 
 
