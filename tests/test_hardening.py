@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -129,6 +130,8 @@ def test_3_no_keys_needs_an_explicit_no_auth_which_is_logged(
                            "--log-level", "error"]) == 0
     caplog.clear()
     caplog.set_level("WARNING", logger="serve.app")
+    # hydra (build_index.main in the fixtures) disables the loggers that existed before it ran
+    monkeypatch.setattr(logging.getLogger("serve.app"), "disabled", False)
     create_app(recommender=rec, api_keys=set())
     assert any(r.levelname == "WARNING" and "auth is OFF" in r.message for r in caplog.records)
 
