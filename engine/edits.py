@@ -107,8 +107,9 @@ def edit_items(rec: Recommender, add: Sequence[Mapping[str, Any]] | pd.DataFrame
                              "build it with Recommender.from_artifacts to edit and save")
     remove_ids = clean_ids(remove)
     if add is not None and not upsert and not isinstance(add, pd.DataFrame):
-        known = [i.get("item_id") for i in add if isinstance(i, Mapping)
-                 and i.get("item_id") in rec._state and i.get("item_id") not in remove_ids]
+        known = [i["item_id"] for i in add if isinstance(i, Mapping)
+                 and isinstance(i.get("item_id"), str) and i["item_id"] in rec._state
+                 and i["item_id"] not in remove_ids]
         if known:  # early, before the model pass; the check under the lock is the one that counts
             raise DuplicateItemError(f"{len(known)} item id(s) already in the catalogue: "
                                      f"{known[:5]}; remove them first, or add with upsert "
