@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,37 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.artifacts import ArtifactPaths
 from engine.loading import quiet_libraries
+from pipeline.index_stage import build
 
 log = logging.getLogger("build_index")
-
-
-def build(paths: ArtifactPaths, index_kwargs: dict[str, Any], batch_size: int = 256,
-          progress: bool = True) -> dict[str, Any]:
-    """Encode the whole catalogue and commit a fresh index; returns a summary. The index is
-    built without the writer lock (minutes, for a large catalogue) and committed only if no
-    other writer changed the state meanwhile (else StaleGenerationError: run it again)."""
-    from engine.encoding import encode_catalogue
-    from engine.loading import load_model, resolve_device
-    from engine.state import load_state, run_stamp, state_store
-    from index import CatalogueIndex
-
-    paths.check(("towers", "catalogue"))
-    start = time.perf_counter()
-    stamp = run_stamp(paths)
-    generation, parts = load_state(paths, stamp, names=("catalogue",))
-    catalogue = parts["catalogue"]
-    model = load_model(paths, resolve_device(index_kwargs.get("use_gpu")))
-    item_ids = catalogue["item_id"].tolist()
-    item_emb = encode_catalogue(model, item_ids, catalogue["text"].tolist(), batch_size,
-                                progress)  # (n_items, dim)
-    index = CatalogueIndex.build(item_emb, item_ids, **index_kwargs)
-    store = state_store(paths.root)
-    with store.writer(who=f"build_index.py run_name={paths.run}") as writer:
-        gen = writer.commit({"index": index}, expected=generation, stamp=stamp,
-                            note=f"build_index: {index.factory_string}")
-    return {"index": index.factory_string, "items": len(index), "dim": index.dim,
-            "seconds": round(time.perf_counter() - start, 2), "path": str(paths.index),
-            "generation": gen.number}
 
 
 def edit(paths: ArtifactPaths, add: str | None, remove: list[str], upsert: bool = False,
@@ -110,7 +81,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"edited {paths.root} (generation {summary['generation']}): "
               f"+{summary['added']} -{summary['removed']} items, {summary['items']} indexed")
     else:
-        summary = build(paths, index_kwargs, int(cfg.batch_size), bool(cfg.progress))
+        summary = build(paths, index_kwargs, int(cfg.batch_size), bool(cfg.progress),
+                        bool(cfg.get("ranking", True)), cfg.get("zero_shot_model"))
         print(f"built {summary['index']} over {summary['items']} items (dim {summary['dim']}) "
               f"in {summary['seconds']}s -> {summary['path']} (generation "
               f"{summary['generation']})")

@@ -105,8 +105,8 @@ class ArtifactPaths:
             where += f" artifacts_dir={parent}"
         if part == "index":
             return f"python build_index.py {where}"
-        if part == "reranker":
-            return f"python train.py stage=reranker {where}"
+        if part in ("reranker", "ranker"):
+            return f"python train.py stage={part} {where}"
         return f"python train.py {where}"
 
     def check(self, require: Iterable[str] = ("towers", "catalogue")) -> None:

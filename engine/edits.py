@@ -12,15 +12,17 @@ service's ``POST /items`` / ``DELETE /items/{id}`` both call it (through
    ``build_index.py add=`` beside a running service), reloads the catalogue and index from disk
    first -- so its edit applies on top of theirs, never over them;
 4. checks the ids (unknown removals, existing adds without upsert) against that state, applies
-   the edit in memory, and commits catalogue + index as one new generation
-   (``storage.generations``): a crash at any instant leaves the old state or the new one.
-   If the commit fails, memory is reloaded from disk, so it never disagrees with what is saved.
+   the edit in memory (catalogue, towers' index, zero-shot vectors; BM25 rebuilt), and commits
+   every part of the serving state as one new generation (``storage.generations``): a crash at
+   any instant leaves the old state or the new one. If the commit fails, memory is reloaded
+   from disk, so it never disagrees with what is saved.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,23 +53,38 @@ def clean_ids(item_ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(i.strip() for i in item_ids))
 
 
+@dataclass
+class NewItems:
+    """Validated new items and their vectors, computed before any lock is taken."""
+
+    rows: pd.DataFrame  # catalogue.parquet rows
+    item_emb: np.ndarray  # (n, dim) towers' text-only vectors
+    zero_shot_emb: np.ndarray | None  # (n, d_text) zero-shot vectors, when the run has them
+
+
 def prepare_rows(rec: Recommender, items: Sequence[Mapping[str, Any]] | pd.DataFrame | None,
-                 source: str, loc: tuple[str | int, ...] = ("items",)
-                 ) -> tuple[pd.DataFrame | None, np.ndarray | None]:
-    """Validated catalogue rows of new items and their text-only vectors (n, dim)."""
+                 source: str, loc: tuple[str | int, ...] = ("items",)) -> NewItems | None:
+    """Validate new items (the item schema) and embed them from their text alone."""
     if items is None:
-        return None, None
+        return None
     rows = new_catalogue_rows(items, source=source, loc=loc)
     if not rec.encoder.supports_text:
         raise CatalogueError("this run's item tower is ID-only (tower=id): it cannot embed "
                              "new items from text; retrain with a text tower to add items")
-    return rows, rec.encoder.item_emb(rows["text"].tolist())
+    texts = rows["text"].tolist()
+    parts = getattr(rec, "ranking_parts", None)
+    zero_shot_emb = (parts.encoder.item_vectors(rows["item_id"].tolist(), texts)
+                     if parts is not None else None)
+    return NewItems(rows, rec.encoder.item_emb(texts), zero_shot_emb)
 
 
-def apply_edit(rec: Recommender, rows: pd.DataFrame | None, item_emb: np.ndarray | None,
-               remove: list[str], upsert: bool) -> tuple[list[str], int]:
-    """Remove, then add, in memory under the recommender's lock; every check first, so a
-    refused edit changes nothing. Returns (added ids, removed count)."""
+def apply_edit(rec: Recommender, new: NewItems | None, remove: list[str], upsert: bool
+               ) -> tuple[list[str], int]:
+    """Remove, then add, in memory under the recommender's lock (catalogue, towers' index,
+    zero-shot vectors; BM25 is rebuilt after); every check first, so a refused edit changes
+    nothing. Returns (added ids, removed count)."""
+    rows = new.rows if new is not None else None
+    parts = getattr(rec, "ranking_parts", None)
     with rec._lock:
         state = rec._state
         unknown = [i for i in remove if i not in state and i not in rec.index]
@@ -87,9 +104,15 @@ def apply_edit(rec: Recommender, rows: pd.DataFrame | None, item_emb: np.ndarray
             indexed = [i for i in remove if i in rec.index]
             if indexed:
                 rec.index.remove(indexed)
-        if rows is not None:
+            if parts is not None:
+                in_zero_shot = [i for i in remove if i in parts.zero_shot]
+                if in_zero_shot:
+                    parts.zero_shot.remove(in_zero_shot)
+        if new is not None:
             state = state.with_rows(rows, replace=upsert)
-            rec.index.add(item_emb, ids, upsert=upsert)
+            rec.index.add(new.item_emb, ids, upsert=upsert)
+            if parts is not None and new.zero_shot_emb is not None:
+                parts.zero_shot.add(new.zero_shot_emb, ids, upsert=upsert)
         rec._state = state
     return ids, len(remove)
 
@@ -114,8 +137,8 @@ def edit_items(rec: Recommender, add: Sequence[Mapping[str, Any]] | pd.DataFrame
             raise DuplicateItemError(f"{len(known)} item id(s) already in the catalogue: "
                                      f"{known[:5]}; remove them first, or add with upsert "
                                      "(?upsert=true, upsert=true) to replace their fields")
-    rows, item_emb = prepare_rows(rec, add, "add_items", loc)
-    if rows is None and not remove_ids:
+    new = prepare_rows(rec, add, "add_items", loc)
+    if new is None and not remove_ids:
         raise CatalogueError("nothing to edit: pass items to add or ids to remove")
     store = state_store(rec.paths.root)
     try:
@@ -125,11 +148,12 @@ def edit_items(rec: Recommender, add: Sequence[Mapping[str, Any]] | pd.DataFrame
                 log.info("%s changed on disk (generation %s, loaded %s): reloading before the "
                          "edit", rec.paths.root, on_disk and on_disk.number, rec.generation)
                 rec.reload_state()
-            added, removed = apply_edit(rec, rows, item_emb, remove_ids, upsert)
+            added, removed = apply_edit(rec, new, remove_ids, upsert)
             try:
-                gen = writer.commit({"catalogue": rec._state.frame, "index": rec.index},
-                                    expected=rec.generation, stamp=rec.stamp,
-                                    note=f"edit: +{len(added)} -{removed}")
+                if getattr(rec, "ranking_parts", None) is not None:
+                    rec._rebuild_bm25(rec._state)  # bm25s cannot edit in place
+                gen = writer.commit(rec.state_values(), expected=rec.generation,
+                                    stamp=rec.stamp, note=f"edit: +{len(added)} -{removed}")
             except BaseException:
                 rec.reload_state()  # memory must not hold what the disk does not
                 raise
@@ -152,9 +176,8 @@ def save(rec: Recommender, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> int:
     try:
         with state_store(rec.paths.root).writer(timeout=lock_timeout) as writer:
             with rec._lock:
-                frame = rec._state.frame
-            gen = writer.commit({"catalogue": frame, "index": rec.index},
-                                expected=rec.generation, stamp=rec.stamp, note="save")
+                values = rec.state_values()
+            gen = writer.commit(values, expected=rec.generation, stamp=rec.stamp, note="save")
     except StaleGenerationError as err:
         raise ArtifactsError(f"{err}: this Recommender's unsaved edits would overwrite them; "
                              "reload it (Recommender.from_artifacts) and edit with "

@@ -20,7 +20,7 @@ catalogue. The service (``serve``) and ``query.py`` both parse with :func:`parse
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ INLINE_ITEM_KEYS: tuple[str, ...] = ITEM_KEYS
 ITEM_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "search")
 MAX_EVENTS = 10_000  # events per session (the user tower reads the last max_seq_len of them)
 MAX_EXCLUDE = 10_000  # ids per session's "exclude"
+DEFAULT_EXAMPLE_K = 10  # k of sessions built from evaluation examples (callers rank further)
 
 
 @dataclass(frozen=True)
@@ -225,3 +226,18 @@ def parse_sessions_text(
     if not sessions:
         raise SessionError(f"{source}: holds no session; expected one JSON object per line")
     return sessions, True
+
+
+def sessions_from_examples(hist_items: Sequence[Sequence[str | None]],
+                           hist_types: Sequence[Sequence[str]],
+                           hist_queries: Sequence[Sequence[str | None]],
+                           k: int = DEFAULT_EXAMPLE_K) -> list[Session]:
+    """Evaluation example rows (``recdata`` split columns) as sessions: the benchmark and the
+    ranker's training stage send them through the very path a served session takes."""
+    sessions = []
+    for items, types, queries in zip(hist_items, hist_types, hist_queries):
+        events = [Event(type="search", query=q) if t == "search" else Event(type=t, item_id=i)
+                  for i, t, q in zip(items, types, queries)
+                  if (t == "search" and q) or (t != "search" and i is not None)]
+        sessions.append(Session(events=events, k=k))
+    return sessions

@@ -1,16 +1,18 @@
 """The serving state of a run: its registered parts, its run identity, and the commits that
 write it (``storage.generations`` does the atomic part).
 
-``STATE_PARTS`` is the registry. Each part is saved, loaded and stamped by its own functions;
-a commit writes the changed parts into a new generation and carries the others over. To add a
-part (BM25, zero-shot vectors, live counts, ...) append one ``StatePart`` here::
+``STATE_PARTS`` is the registry: the catalogue, the towers' index, and the ranking stage's BM25
+index and zero-shot vectors. Each part is saved, loaded and stamped by its own functions; a
+commit writes the changed parts into a new generation and carries the others over. To add a
+part (live counts, ...) append one ``StatePart``, as ``bm25`` is::
 
-    StatePart("bm25", "bm25", save=save_bm25, load=load_bm25, read_stamp=read_stamp)
+    StatePart("bm25", "bm25", save=_save_bm25, load=_load_bm25, read_stamp=read_stamp)
 
-where ``save_bm25(value, path, stamp)`` writes a directory at ``path`` and calls
-``storage.write_stamp(path, stamp)`` in it (``read_stamp`` reads it back), and ``load_bm25(path)``
-returns the loaded object. Then ``writer.commit({"bm25": value}, ...)`` writes it, every later
-commit carries it, and :func:`check_same_run` refuses it when it comes from another run.
+where ``_save_bm25(value, path, stamp)`` writes a directory at ``path`` and calls
+``storage.write_stamp(path, stamp)`` in it (``storage.read_stamp`` reads it back), and
+``_load_bm25(path)`` returns the loaded object. Then ``writer.commit({"bm25": value}, ...)``
+writes it, every later commit carries it, :func:`load_state` loads it from the same generation
+as the others, and :func:`check_same_run` refuses it when it comes from another run.
 
 Run identity: every part records the stamp of the towers it was made with (:func:`run_stamp`:
 the run name, ``run_id``, ``split_fingerprint`` and the item tower's fingerprint); loading
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,13 +38,14 @@ from engine.artifacts import (
     write_catalogue,
 )
 from engine.errors import ArtifactsError
-from storage import Generation, StateError, StatePart, StateStore, read_stamp
+from storage import Generation, StateError, StatePart, StateStore, read_stamp, write_stamp
 from storage.stamp import IDENTITY_KEYS, mismatches, short
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from index import CatalogueIndex
+    from ranking.bm25 import BM25Index
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +85,53 @@ def _index_stamp(path: Path) -> dict[str, Any]:
     return {k: manifest.get(k) for k in STAMP_KEYS} if isinstance(manifest, dict) else {}
 
 
+def _save_bm25(bm25: BM25Index, path: Path, stamp: Mapping[str, Any]) -> None:
+    bm25.save(path)
+    write_stamp(path, stamp)
+
+
+def _load_bm25(path: Path) -> BM25Index:
+    from ranking.bm25 import BM25Index
+
+    return BM25Index.load(path)
+
+
+@dataclass
+class ZeroShotVectors:
+    """The ``zeroshot`` part: a flat index over the untrained encoder's item vectors, and what
+    its manifest says about that encoder (``encoder``, ``encoder_fingerprint``)."""
+
+    index: CatalogueIndex
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+ZERO_SHOT_META: tuple[str, ...] = ("encoder", "encoder_fingerprint")
+
+
+def _save_zero_shot(value: ZeroShotVectors, path: Path, stamp: Mapping[str, Any]) -> None:
+    meta = {k: value.meta.get(k) for k in ZERO_SHOT_META}
+    value.index.save(path, manifest_extra={**meta, **{k: stamp.get(k) for k in STAMP_KEYS}})
+
+
+def _load_zero_shot(path: Path) -> ZeroShotVectors:
+    import json
+
+    from index import CatalogueIndex
+
+    index = CatalogueIndex.load(path, use_gpu=False)
+    manifest = json.loads((path / INDEX_MANIFEST).read_text(encoding="utf-8"))
+    return ZeroShotVectors(index, {k: manifest.get(k) for k in ZERO_SHOT_META})
+
+
 STATE_PARTS: tuple[StatePart, ...] = (
     StatePart("catalogue", CATALOGUE_FILE, save=_save_catalogue, load=read_catalogue,
               read_stamp=catalogue_stamp, command="train"),
     StatePart("index", "index", save=_save_index, load=_load_index, read_stamp=_index_stamp),
+    StatePart("bm25", "bm25", save=_save_bm25, load=_load_bm25, read_stamp=read_stamp),
+    StatePart("zeroshot", "zeroshot", save=_save_zero_shot, load=_load_zero_shot,
+              read_stamp=_index_stamp),
 )
+RANKING_PARTS: tuple[str, ...] = ("bm25", "zeroshot")  # optional: a run may serve without
 
 
 def state_store(root: str | Path) -> StateStore:
@@ -105,15 +151,18 @@ def run_stamp(paths: ArtifactPaths) -> dict[str, Any]:
 def _fix(paths: ArtifactPaths, part: str) -> str:
     if part in ("catalogue", "towers"):
         return paths.command_for("towers")
-    if part == "reranker":
-        return paths.command_for("reranker")
+    if part in ("reranker", "ranker"):
+        return paths.command_for(part)
     return paths.command_for("index")
 
 
 def check_same_run(paths: ArtifactPaths, stamps: Mapping[str, Mapping[str, Any] | None],
                    reference: Mapping[str, Any] | None = None) -> None:
-    """Refuse parts (name -> stamp) made in another run than the towers, in one line."""
+    """Refuse parts (name -> stamp) made in another run than the towers, in one line. Towers
+    trained before run ids existed (no ``run_id``) have nothing to compare: not checked."""
     reference = reference if reference is not None else run_stamp(paths)
+    if reference.get("run_id") is None:
+        return
     bad = mismatches(reference, stamps)
     if not bad:
         return
@@ -177,21 +226,30 @@ def commit_catalogue(paths: ArtifactPaths, frame: pd.DataFrame) -> Path:
 
 
 def load_state(paths: ArtifactPaths, stamp: Mapping[str, Any], *, use_gpu: bool | None = None,
-               names: Iterable[str] = ("catalogue", "index")) -> tuple[int, dict[str, Any]]:
-    """Load parts of the current generation after checking that they come from the towers'
-    run (``stamp``, see :func:`run_stamp`) and that the index was built by those towers.
+               names: Iterable[str] = ("catalogue", "index"), optional: Iterable[str] = ()
+               ) -> tuple[int, dict[str, Any]]:
+    """Load parts of the current generation -- ``names``, and ``optional`` ones where the
+    generation has them (else None) -- after checking that they come from the towers' run
+    (``stamp``, see :func:`run_stamp`) and that the index was built by those towers.
     Returns (generation number, part name -> loaded value)."""
     from index import IndexCorruptError, IndexNotFoundError
+    from ranking.bm25 import BM25Error
 
     store = state_store(paths.root)
-    names = list(names)
+    required, optional = list(names), list(optional)
+    names = required + optional
+    present: list[str] = []
 
     def check(gen: Generation) -> None:
         stamps = {}
+        present.clear()
         for name in names:
             part = store.part(name)
             if not gen.has(part):
+                if name in optional:
+                    continue
                 paths.check((name,))  # raises, naming the command that makes it
+            present.append(name)
             stamps[name] = dict(part.read_stamp(gen.path(part)))
         check_same_run(paths, stamps, stamp)
         built = (stamps.get("index") or {}).get("model_fingerprint")
@@ -203,10 +261,11 @@ def load_state(paths: ArtifactPaths, stamp: Mapping[str, Any], *, use_gpu: bool 
                 f"`{paths.command_for('index')}`")
 
     try:
-        gen, parts = store.load(names, check=check, options={"index": {"use_gpu": use_gpu}})
-    except (IndexNotFoundError, IndexCorruptError) as err:
+        gen, parts = store.load(lambda: present, check=check,
+                                options={"index": {"use_gpu": use_gpu}})
+    except (IndexNotFoundError, IndexCorruptError, BM25Error) as err:
         raise ArtifactsError(f"{err}; rebuild the index with "
                              f"`{paths.command_for('index')}`") from None
     except StateError as err:
         raise ArtifactsError(str(err)) from None
-    return gen.number, parts
+    return gen.number, {name: parts.get(name) for name in names}

@@ -147,13 +147,15 @@ class StateStore:
         gen = self.current()
         return gen.number if gen is not None else 0
 
-    def load(self, names: Iterable[str], *, check: Callable[[Generation], None] | None = None,
+    def load(self, names: Iterable[str] | Callable[[], Iterable[str]], *,
+             check: Callable[[Generation], None] | None = None,
              options: Mapping[str, Mapping[str, Any]] | None = None
              ) -> tuple[Generation, dict[str, Any]]:
         """Load parts of the current generation (``options[name]``: keyword arguments of that
-        part's ``load``), after ``check(generation)``. A commit may delete a generation two
-        steps old while it is being read: then the read starts again on the new one."""
-        names, options = list(names), options or {}
+        part's ``load``), after ``check(generation)``; ``names`` may be a callable, asked after
+        the check (which may decide what is there to load). A commit may delete a generation
+        two steps old while it is being read: then the read starts again on the new one."""
+        options = options or {}
         for attempt in range(_READ_ATTEMPTS):
             gen = self.current()
             if gen is None:
@@ -161,9 +163,10 @@ class StateStore:
             try:
                 if check is not None:
                     check(gen)
+                wanted = list(names() if callable(names) else names)
                 return gen, {name: self.part(name).load(gen.path(self.part(name)),
                                                         **options.get(name, {}))
-                             for name in names}
+                             for name in wanted}
             except FileNotFoundError:
                 if attempt == _READ_ATTEMPTS - 1 or self.number() == gen.number:
                     raise

@@ -78,6 +78,11 @@ class StubRecommender:
     def n_items(self) -> int:
         return len(self.index)
 
+    ranking_parts = None  # no BM25 / zero-shot parts in this run
+
+    def state_values(self) -> dict:
+        return {"catalogue": self._state.frame, "index": self.index}
+
 
 def make_template(root: Path, legacy: bool) -> None:
     """A run with towers.json, a catalogue and an index (as generations, or top-level)."""
