@@ -273,3 +273,23 @@ def test_ablation_grid_records_each_row_and_reruns_only_what_is_asked(tmp_path: 
     again = json.loads((out / "tiny_grid.json").read_text())
     assert again["rows"][0] == kept and again["rows"][1]["finished_at"] >= kept["finished_at"]
     assert ablations.main([str(grid), "--out", str(out), "--only", "zzz"]) == 2
+
+
+def test_benchmark_runs_on_a_shops_own_files(tmp_path: Path) -> None:
+    from recdata import load_dataset
+
+    shop = load_dataset("synthetic", n_items=120, n_users=70, seed=4)
+    catalogue = shop.catalogue.drop(columns=["attributes"])
+    catalogue.to_csv(tmp_path / "catalogue.csv", index=False)
+    shop.events.to_json(tmp_path / "events.jsonl", orient="records", lines=True)
+    out = tmp_path / "out"
+    code = bench_run.main(["--quick", "--data", "files", "--out", str(out),
+                           "--set", f"data.options.catalogue={tmp_path / 'catalogue.csv'}",
+                           "--set", f"data.options.events={tmp_path / 'events.jsonl'}",
+                           "--systems", "popularity,bm25,two_tower_bert,ranker",
+                           "--latency-sessions", "5", "--latency-rerank-sessions", "0"])
+    assert code == 0
+    report = json.loads((out / "files.json").read_text())
+    assert report["dataset"] == "files" and report["split"]["items"] == 120
+    assert {s["status"] for s in report["systems"].values()} == {"ok"}
+    assert report["data_config"]["options"]["catalogue"].endswith("catalogue.csv")
