@@ -202,3 +202,26 @@ def test_parts_of_another_run_are_refused_in_one_line(tmp_path: Path) -> None:
     assert read_stamp(reranker)["run_id"] == "run-a"
     with pytest.raises(ArtifactsError, match=r"reranker run id run-a.*stage=reranker"):
         check_same_run(paths, {"reranker": read_stamp(reranker)})
+
+
+def test_a_registered_part_is_written_carried_and_dropped_by_commits(tmp_path: Path) -> None:
+    """The registry contract: one StatePart entry, and commits handle the part like the rest."""
+    from storage import StatePart, StateStore
+
+    def part(name: str) -> StatePart:
+        return StatePart(name, f"{name}.txt",
+                         save=lambda value, path, stamp: path.write_text(f"{value}|{stamp['r']}"),
+                         load=lambda path: path.read_text().split("|")[0],
+                         read_stamp=lambda path: {"r": path.read_text().split("|")[1]})
+
+    store = StateStore(tmp_path, [part("counts"), part("other")])
+    with store.writer() as writer:
+        writer.commit({"counts": "1", "other": "x"}, expected=0, stamp={"r": "a"})
+        writer.commit({"counts": "2"}, expected=1, stamp={"r": "b"})  # "other" carried
+    gen, values = store.load(["counts", "other"])
+    assert (gen.number, values) == (2, {"counts": "2", "other": "x"})
+    assert store.part("other").read_stamp(gen.path(store.part("other"))) == {"r": "a"}
+    assert gen.manifest["parts"]["other"]["written_in"] == 1
+    with store.writer() as writer:
+        writer.commit({}, expected=2, stamp={"r": "b"}, drop=["other"])
+    assert not store.current().has(store.part("other"))
