@@ -247,7 +247,7 @@ class RerankedRetriever:
                 self.rerank_seconds += time.perf_counter() - started
                 self.reranked_rows += 1
                 self.scored_pairs += int(selected.sum())
-            final = self.policy.blend(retrieval[cands], rerank, selected)
+            final = self.policy.blend(retrieval[cands], rerank, selected, n_item_events)
             new_order = cands[np.argsort(-final, kind="stable")]
             # the candidates swap places among their own slots: the i-th best final score takes
             # the i-th best retrieval score, so every other item keeps its position

@@ -69,7 +69,7 @@ def test_reranker_stage_writes_model_and_tuned_blend(tiny_run: Path) -> None:
     train.main([*TINY, f"artifacts_dir={root}", f"cache_dir={root}/cache", "run_name=tiny",
                 "stage=reranker", f"rerank.model_path={root / '_tiny_bert'}",
                 "rerank.max_train_examples=40", "rerank.max_valid_groups=12",
-                "rerank.max_steps=3", "rerank.batch_size=8", "rerank.max_length=32"])
+                "rerank.max_steps=3", "rerank.groups_per_step=4", "rerank.max_length=32"])
     blend = json.loads((tiny_run / "reranker" / "blend.json").read_text())
     assert set(blend["valid_ndcg_at_10_by_alpha"]) >= {"0.0", "0.5", "1.0"}
     best = blend["valid_ndcg_at_10_by_alpha"][str(blend["blend_alpha"])]
