@@ -147,7 +147,7 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
                              groups_per_step=int(rcfg["groups_per_step"]), lr=float(rcfg["lr"]),
                              warmup_ratio=float(rcfg["warmup_ratio"]),
                              max_steps=rcfg.get("max_steps"),
-                             budget_seconds=rcfg.get("budget_seconds"), seed=seed)
+                             budget_cpu_seconds=rcfg.get("budget_cpu_seconds"), seed=seed)
     reranker.save(run_dir / "reranker")
     served = Reranker.load(run_dir / "reranker")  # what the engine will score with
     policy = policy_from_config({"rerank": dict(rcfg)})

@@ -302,7 +302,7 @@ def test_training_loss_falls_on_an_easy_task(tiny_model_dir: Path) -> None:
 def test_training_stops_at_the_time_budget(tiny_model_dir: Path) -> None:
     reranker = Reranker(tiny_model_dir, max_length=32)
     train, _ = _easy_task(40, seed=0)
-    metrics = train_reranker(reranker, train, groups_per_step=4, budget_seconds=1e-9,
+    metrics = train_reranker(reranker, train, groups_per_step=4, budget_cpu_seconds=1e-9,
                              show_progress=False)
     assert metrics["steps"] == 1 and metrics["groups_seen"] == 4  # one step, then out of time
     full = train_reranker(reranker, train, groups_per_step=4, show_progress=False)
@@ -459,7 +459,7 @@ def test_configs_compose_and_feed_the_library(choice: str, tiny_model_dir: Path)
                           standardize=cfg.standardize)
     assert policy.top_n == 20
     for key in ("n_hard", "n_random", "neg_sources", "epochs", "groups_per_step", "lr",
-                "warmup_ratio", "max_steps", "budget_seconds"):
+                "warmup_ratio", "max_steps", "budget_cpu_seconds"):
         assert key in cfg
     assert (cfg.backend, cfg.quantize) == ("onnx", "int8")
     expected = (48, 3) if choice == "fast" else (64, None)
