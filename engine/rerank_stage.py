@@ -167,14 +167,11 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
                               "rows_by_group": {g: rows.user_group.count(g)
                                                 for g in sorted(set(rows.user_group))}}
     save_json(run_dir / "reranker" / POLICY_FILE, decision)
-    sample = [(c, t) for c, t in ((served.context_text(list(i), list(ty), list(q), titles),
-                                   [texts[x] for x in ids])
-                                  for i, ty, q, ids in zip(valid["hist_items"][:200],
-                                                           valid["hist_types"][:200],
-                                                           valid["hist_queries"][:200],
-                                                           retrieve_candidates(
-                                                               model, valid.iloc[:200],
-                                                               policy.top_n)))]
+    head = valid.iloc[:200]
+    sample = [(served.context_text(list(i), list(t), list(q), titles), [texts[x] for x in ids])
+              for i, t, q, ids in zip(head["hist_items"], head["hist_types"],
+                                      head["hist_queries"],
+                                      retrieve_candidates(model, head, policy.top_n))]
     metrics.update(train_examples=len(train), train_groups=len(groups),
                    engine=served.engine, rules=decision["rules"],
                    evaluation_seconds=round(time.perf_counter() - started, 1),
