@@ -4,7 +4,8 @@
 - ``forward_indexed`` (each distinct event vector once) equals ``forward`` per event;
 - ``TwoTowerModel.user_emb`` (distinct items looked up once per batch) equals the per-event
   ``event_emb`` path, with items, queries and padding mixed;
-- packed sequences: a row's vector does not depend on the padding or the other rows;
+- packed sequences: a row's vector does not depend on the padding or the other rows, and the
+  GRU's padded and packed routes agree;
 - towers saved before ``hidden_dim`` existed still load.
 """
 
@@ -104,6 +105,30 @@ def test_packed_batch_equals_each_session_alone(kind: str, hidden_dim: int | Non
         alone = tower(vectors[index[row, :length]].unsqueeze(0), types[row, :length][None],
                       lens[row:row + 1])
         torch.testing.assert_close(batch[row:row + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hidden_dim", [None, 8])
+def test_gru_padded_and_packed_routes_give_the_same_vectors_and_grads(hidden_dim) -> None:
+    torch.manual_seed(0)
+    tower = _trained_like(UserTower(DIM, max_seq_len=SEQ, hidden_dim=hidden_dim, n_layers=2))
+    vectors, index, types, lens = _session_batch([3, 6, 1, 5, 2], n_vectors=9)
+    out = []
+    for min_fill in (0.0, 2.0):  # 0: always the padded route, 2: always packed
+        tower.padded_min_fill = min_fill
+        leaf = vectors.clone().requires_grad_(True)
+        user = tower.forward_indexed(leaf, index, types, lens)
+        (user * torch.arange(DIM)).sum().backward()
+        out.append((user.detach(), leaf.grad))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-6, rtol=1e-5)
+
+
+def test_columns_past_every_length_are_trimmed_not_read() -> None:
+    torch.manual_seed(0)
+    tower = _trained_like(UserTower(DIM, kind="transformer", max_seq_len=SEQ, hidden_dim=8))
+    vectors, index, types, lens = _session_batch([2, 3], n_vectors=5)
+    trimmed = tower.forward_indexed(vectors, index[:, :3], types[:, :3], lens)
+    torch.testing.assert_close(tower.forward_indexed(vectors, index, types, lens), trimmed)
 
 
 def _model(hidden_dim: int | None) -> TwoTowerModel:

@@ -49,6 +49,8 @@ class UserTower(nn.Module):
     (recency-weighted mean of the enriched event vectors); ``hidden_dim`` is the encoder's width
     (None = ``dim``)."""
 
+    padded_min_fill = 0.6  # GRU: padded route when events fill this share of (B, L), see below
+
     def __init__(
         self,
         dim: int,
@@ -163,6 +165,10 @@ class UserTower(nn.Module):
         """``event_emb`` (B, L, dim) feeds the residual mean, ``projected`` (B, L, hidden_dim)
         (the same vectors at the encoder's width) the sequence encoder."""
         batch, seq = event_emb.shape[:2]
+        longest = int(lengths.max()) if batch else seq
+        if longest < seq:  # columns past every row's length are padding in every row
+            event_emb, projected = event_emb[:, :longest], projected[:, :longest]
+            event_type, seq = event_type[:, :longest], longest
         steps = torch.arange(seq, device=event_emb.device)
         valid = steps < lengths.unsqueeze(1)  # (B, L)
         pos = (lengths.unsqueeze(1) - 1 - steps).clamp(min=0)  # (B, L), 0 = most recent
@@ -174,10 +180,7 @@ class UserTower(nn.Module):
         enriched = projected + self.type_emb(event_type) + self.pos_emb(pos)  # (B, L, width)
         enriched = self.dropout(enriched * valid.unsqueeze(-1))
         if self.gru is not None:
-            packed = pack_padded_sequence(enriched, lengths.cpu(), batch_first=True,
-                                          enforce_sorted=False)
-            _, last_hidden = self.gru(packed)
-            hidden = last_hidden[-1]  # (B, width): state after each row's last event
+            hidden = self._gru_last_state(enriched, lengths)  # (B, width)
         elif self.transformer is not None:
             causal = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=valid.device), 1)
             states = self.transformer(enriched, mask=causal, src_key_padding_mask=~valid)
@@ -185,3 +188,20 @@ class UserTower(nn.Module):
         else:
             hidden = (weight.unsqueeze(-1) * enriched).sum(dim=1)  # (B, width)
         return F.normalize(recent + self.out(hidden), dim=-1)
+
+    def _gru_last_state(self, enriched: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The GRU's (last layer's) state after each row's last event, (B, width). Two exact
+        routes: over the padded batch, reading each row's state at its own last event (a GRU is
+        causal, so the padding after it never reaches that state), or over packed sequences
+        (no step on padding). Padded runs faster per step on CPU (the input projection of all
+        steps is one matmul), packed skips the padding: padded when rows fill at least
+        ``padded_min_fill`` of the (B, L) grid (measured: padded ~0.6x packed's time per step)."""
+        assert self.gru is not None
+        batch, seq = enriched.shape[:2]
+        if batch and float(lengths.sum()) >= self.padded_min_fill * batch * seq:
+            states, _ = self.gru(enriched)  # (B, L, width)
+            return states[torch.arange(batch, device=enriched.device), lengths - 1]
+        packed = pack_padded_sequence(enriched, lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        _, last_hidden = self.gru(packed)  # (layers, B, width)
+        return last_hidden[-1]
