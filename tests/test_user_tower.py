@@ -1,4 +1,4 @@
-"""The user tower's fast paths give the same vectors as the plain ones.
+"""The training step's fast paths give the same vectors and losses as the plain ones.
 
 - ``hidden_dim``: a narrower encoder, starting as the residual mean like the full-width one;
 - ``forward_indexed`` (each distinct event vector once) equals ``forward`` per event;
@@ -6,7 +6,8 @@
   ``event_emb`` path, with items, queries and padding mixed;
 - packed sequences: a row's vector does not depend on the padding or the other rows, and the
   GRU's padded and packed routes agree;
-- towers saved before ``hidden_dim`` existed still load.
+- towers saved before ``hidden_dim`` existed still load;
+- the full-catalogue loss over the allowed items only equals the masked whole-catalogue loss.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from towers import IdItemTower, SessionDataset, TowerError, TwoTowerModel, UserTower
+from towers import (
+    FullSoftmaxLoss,
+    IdItemTower,
+    SessionDataset,
+    TowerError,
+    TwoTowerModel,
+    TwoTowerModule,
+    UserTower,
+)
 from towers.datamodule import collate_batch
 from towers.io import load_towers, save_towers
 from towers.user_tower import PAD_TYPE, TYPE_INDEX
@@ -202,3 +211,44 @@ def test_dataset_fetches_a_whole_batch_like_row_by_row_collation() -> None:
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_batch)
     first = next(iter(loader))
     assert first["row"].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("hidden_dim", [None, 8])
+def test_loss_over_allowed_items_equals_the_masked_whole_catalogue_loss(hidden_dim) -> None:
+    torch.manual_seed(0)
+    never = torch.zeros(12, dtype=torch.bool)
+    never[[1, 4, 9]] = True  # never negatives; item 4 also sits in a history
+    module = TwoTowerModule(IdItemTower(dim=DIM, n_items=12),
+                            _trained_like(UserTower(DIM, max_seq_len=SEQ, hidden_dim=hidden_dim)),
+                            FullSoftmaxLoss(mask_history=True), new_item_mask=never.numpy(),
+                            max_steps=10).eval()
+    batch = {"hist_item_idx": torch.tensor([[3, 4, 5, -1, -1, -1], [0, 2, 2, 7, 8, 6]]),
+             "hist_query_idx": torch.full((2, SEQ), -1),
+             "hist_type": torch.tensor([[TYPE_INDEX["click"]] * 3 + [PAD_TYPE] * 3,
+                                        [TYPE_INDEX["click"]] * 6]),
+             "hist_len": torch.tensor([3, 6]), "target_idx": torch.tensor([5, 11])}
+    tower = module.item_tower
+    looked_up: list[int] = []
+    item_emb = tower.item_emb
+
+    def counting(idx: torch.Tensor, from_table: bool = False) -> torch.Tensor:
+        looked_up.append(len(idx))
+        return item_emb(idx, from_table)
+
+    tower.item_emb = counting
+    fast = module.compute_loss(batch)
+    assert looked_up == [12 - 3 + 1]  # the allowed items, plus history item 4, once
+    fast_grads = torch.autograd.grad(fast, list(module.parameters()), allow_unused=True)
+    table = tower.all_item_emb()
+    user = module.model.user_emb(batch, item_lookup=lambda idx: table[idx])
+    plain = module.loss(user, table, batch["target_idx"], exclude_mask=never,
+                        history_idx=batch["hist_item_idx"])
+    torch.testing.assert_close(fast, plain)
+    plain_grads = torch.autograd.grad(plain, list(module.parameters()), allow_unused=True)
+    for got, want in zip(fast_grads, plain_grads):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(TowerError, match="excluded"):
+        module.compute_loss({**batch, "target_idx": torch.tensor([5, 9])})
