@@ -27,6 +27,7 @@ import pandas as pd
 from engine import loading
 from engine.artifacts import ArtifactPaths, load_catalogue, write_catalogue
 from engine.catalogue import CatalogueState, new_catalogue_rows
+from engine.counts import InteractionCounts
 from engine.encoding import SessionEncoder
 from engine.errors import ArtifactsError, CatalogueError, SessionError
 from engine.explain import because
@@ -46,6 +47,15 @@ FRESH_EVERY = 3  # the fallback's every third item is a new one
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
+
+
+def _popular_reason(trained: int, item_id: str, counts: InteractionCounts | None) -> str:
+    if counts is None:
+        return f"popular with shoppers ({trained} interactions)"
+    total, recent = counts.get(item_id)
+    hours = counts.window_s // 3600
+    return (f"popular with shoppers ({trained + total} interactions, {recent} in the last "
+            f"{hours} h)")
 
 
 class Recommender:
@@ -71,6 +81,8 @@ class Recommender:
         self.paths = paths
         self._state = CatalogueState.from_frame(catalogue)
         self._lock = threading.RLock()
+        # live interaction counts (engine.counts), set by the service; the fallback uses them
+        self.counts: InteractionCounts | None = None
         self._tower_texts = getattr(model.item_tower, "item_texts", None)
         orphans = [i for i in index.ids if i not in self._state]
         if orphans:
@@ -104,6 +116,12 @@ class Recommender:
     def n_items(self) -> int:
         """Items the index can return."""
         return len(self.index)
+
+    def popular_ids(self) -> tuple[str, ...]:
+        """Items by popularity: live counts first when attached (``engine.counts``), else
+        training popularity; what the fallback's "popular" slots draw from."""
+        state = self._state
+        return self.counts.popular_order(state) if self.counts is not None else state.popular_ids
 
     def info(self) -> dict[str, Any]:
         """What is loaded (for health endpoints and logs)."""
@@ -206,7 +224,9 @@ class Recommender:
 
     def _fallback(self, r: ResolvedSession, state: CatalogueState) -> dict:
         excluded = set(r.exclude)
-        popular = (i for i in state.popular_ids if i not in excluded and i in self.index)
+        counts = self.counts
+        ranked = counts.popular_order(state) if counts is not None else state.popular_ids
+        popular = (i for i in ranked if i not in excluded and i in self.index)
         fresh = (i for i in state.fresh_ids if i not in excluded and i in self.index)
         chosen: dict[str, str] = {}
         while len(chosen) < r.k:
@@ -223,7 +243,7 @@ class Recommender:
         items = []
         for rank, (item_id, kind) in enumerate(chosen.items(), start=1):
             row = state.row_of[item_id]
-            reason = (f"popular with shoppers ({int(state.popularity[row])} interactions)"
+            reason = (_popular_reason(int(state.popularity[row]), item_id, counts)
                       if kind == "popular" else "new in the catalogue")
             items.append({"rank": rank, "item_id": item_id, "title": str(state.titles[row]),
                           "score": round(1.0 - (rank - 1) / r.k, 6), "retrieval_score": None,
