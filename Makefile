@@ -13,6 +13,8 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZER
 ARTIFACTS ?= artifacts/demo
 PORT   ?= 8000
 DATA   ?= amazon_scientific
+# HMAC key that pseudonymises user ids in the event log; created on first use, never in artifacts
+USER_KEY_FILE ?= .secrets/user.key
 
 .PHONY: install test test-slow test-all lint demo bench serve clean
 
@@ -49,8 +51,9 @@ demo: $(STAMP)  ## the main job on the embedded synthetic data
 bench: $(STAMP)  ## make bench [DATA=amazon_scientific|movielens|synthetic] [BENCH_ARGS=--train]
 	$(OFFLINE) $(BIN)/python benchmarks/run.py --data $(DATA) $(BENCH_ARGS)
 
-serve: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT)
+serve: $(STAMP)  ## the service and its page (http://127.0.0.1:$(PORT)/ui/); events log to $(ARTIFACTS)/events
+	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT) \
+	  --user-key-file $(USER_KEY_FILE)
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache test-artifacts

@@ -168,8 +168,10 @@ function renderResult(result) {
   summary.replaceChildren();
   const seg = el("span", `chip user-${result.segment}`, result.segment.replace("_", " "));
   seg.dataset.testid = "segment";
-  summary.append(seg, el("span", `chip ${result.reranked ? "on" : "off"}`,
-                             result.reranked ? "reranked" : "not reranked"));
+  const reranked = el("span", `chip ${result.reranked ? "on" : "off"}`,
+                      result.reranked ? "reranked" : "not reranked");
+  reranked.dataset.testid = "reranked";
+  summary.append(seg, reranked);
   if (result.fallback) summary.append(el("span", "chip warn", result.fallback));
   for (const warning of result.warnings || []) summary.append(el("div", "warning", warning));
   renderTimings(result.timings_ms);
@@ -258,11 +260,11 @@ async function start() {
     $("search-event-text").value = "";
     sessionChanged();
   });
-  $("api-key-save").addEventListener("click", () => {
+  $("keybar").addEventListener("submit", (e) => {
+    e.preventDefault();
     state.apiKey = $("api-key").value.trim();
     localStorage.setItem("fc-key", state.apiKey);
-    $("keybar").hidden = true;
-    start();
+    location.reload();   // start over with the key
   });
   try {
     const health = await (await fetch("/healthz")).json();
