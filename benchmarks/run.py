@@ -35,7 +35,7 @@ from benchmarks.systems import BenchmarkError  # noqa: E402
 log = logging.getLogger("benchmarks.run")
 SYSTEMS = ("popularity", "bm25", "zero_shot", "two_tower_id", "two_tower_bert",
            "two_tower_bert+rerank")
-DATASETS = ("amazon_scientific", "movielens", "synthetic")
+DATASETS = ("amazon_scientific", "movielens", "synthetic", "files")
 QUICK_DATA = ["data.options.n_items=150", "data.options.n_users=80"]
 QUICK_TRAIN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none",
                "train.batch_size=32", "train.eval_batch_size=64"]
@@ -49,7 +49,10 @@ LIBRARIES = ("torch", "faiss-cpu", "faiss-gpu-cu12", "sentence-transformers", "t
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", choices=DATASETS, default="amazon_scientific")
+    p.add_argument("--data", choices=DATASETS, default="amazon_scientific",
+                   help="a data config of conf/data/; `files` is your own catalogue + events "
+                        "(--set data.options.catalogue=... --set data.options.events=...)")
+    p.add_argument("--name", help="report name: <out>/<name>.{json,md,png} (default: --data)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--artifacts-bert", type=Path, help="run dir of the BERT towers (+ reranker/)")
@@ -98,9 +101,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             args.artifacts_root = args.out / "artifacts"
         if args.cache_dir == Path(".cache/encoder"):
             args.cache_dir = args.out / "cache"
+    args.name = args.name or args.data
     args.artifacts_bert = args.artifacts_bert or args.artifacts_root / f"{args.data}_bert"
     args.artifacts_id = args.artifacts_id or args.artifacts_root / f"{args.data}_id"
     return args
+
+
+def required_artifacts(args: argparse.Namespace) -> dict[str, Path]:
+    """The run dirs the requested systems need (towers; the reranker for +rerank)."""
+    need: dict[str, Path] = {}
+    if "two_tower_id" in args.systems:
+        need["two_tower_id"] = args.artifacts_id / "towers" / "towers.json"
+    if {"two_tower_bert", "two_tower_bert+rerank"} & set(args.systems):
+        need["two_tower_bert"] = args.artifacts_bert / "towers" / "towers.json"
+    if "two_tower_bert+rerank" in args.systems:
+        need["two_tower_bert+rerank"] = args.artifacts_bert / "reranker"
+    return need
+
+
+def check_artifacts(args: argparse.Namespace) -> None:
+    """Before any work: every requested system's artifacts exist, or ``--train`` makes them;
+    else one BenchmarkError naming what is missing and the command that makes it."""
+    if args.train:
+        return
+    missing = {name: path for name, path in required_artifacts(args).items()
+               if not path.exists()}
+    if missing:
+        name, path = next(iter(missing.items()))
+        raise BenchmarkError(
+            f"{len(missing)} requested system(s) lack trained artifacts ({', '.join(missing)}; "
+            f"first: {path} not found); train them with --train (make bench "
+            f"BENCH_ARGS=--train: towers + reranker, see the README for how long), pass "
+            "--artifacts-bert/--artifacts-id, or drop them with --systems")
+
+
+def check_split(run_dir: Path, fingerprint: str) -> None:
+    """Refuse towers trained on another split (data, seed or held-out items differ)."""
+    from engine.artifacts import ArtifactPaths
+    from engine.errors import ArtifactsError
+
+    try:
+        ArtifactPaths(run_dir).check_split(fingerprint)
+    except ArtifactsError as err:
+        raise BenchmarkError(f"{err}; pass the same --data/--seed/--set as their training, or "
+                             "--train") from None
 
 
 def machine_info() -> dict[str, Any]:
@@ -215,6 +259,7 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from benchmarks.systems import SEGMENTS, RerankedRetriever, evaluate, evaluation_variants
     from recdata import catalogue_texts, load_dataset, split_dataset
 
+    check_artifacts(args)
     memory, trained = StepMemory(), {}
     wants_bert = {"two_tower_bert", "two_tower_bert+rerank"} & set(args.systems)
     for tower, wanted in (("id", "two_tower_id" in args.systems), ("bert", bool(wants_bert))):
@@ -225,6 +270,9 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         data_cfg = compose_data_config(args)
         split = split_dataset(load_dataset(data_cfg["source"], **data_cfg["options"]),
                               **data_cfg["split"])
+    for name, path in required_artifacts(args).items():
+        if name != "two_tower_bert+rerank" and path.exists():
+            check_split(path.parent.parent, split.fingerprint)
     item_ids = split.catalogue["item_id"].astype(str).tolist()
     popularity = split.item_popularity.reindex(item_ids).to_numpy()
     long_tail_mask = np.isin(item_ids, list(split.long_tail))
@@ -334,18 +382,30 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from benchmarks.machine import git_commit
     from benchmarks.report import write_report
 
+    incomplete = [name for name, res in payload["systems"].items() if res["status"] != "ok"]
     payload.update(
         command="python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv),
-        started_at=started_at, wall_seconds=round(time.perf_counter() - started, 1),
+        **git_commit(), started_at=started_at,
+        wall_seconds=round(time.perf_counter() - started, 1),
         machine=machine_info(), seeds={"split_and_training": args.seed,
-                                       "rerank_sample": args.seed, "latency_sample": args.seed})
-    paths = write_report(payload, args.out)
+                                       "rerank_sample": args.seed, "latency_sample": args.seed},
+        incomplete=incomplete)
+    # a run that lost a requested system never replaces a complete report: it goes beside it
+    name = f"{args.name}.partial" if incomplete else args.name
+    paths = write_report(payload, args.out, name=name)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     for goal in payload["goals"]:
         print(f"  goal {goal['status']:>12}: {goal['goal']} {goal['target']} "
               f"(measured {goal['measured']})")
+    if incomplete:
+        reasons = "; ".join(f"{n}: {payload['systems'][n].get('reason')}" for n in incomplete)
+        print(f"error: {len(incomplete)} requested system(s) did not complete ({reasons}); the "
+              f"report went to {paths['json']} and {args.out / (args.name + '.json')} was left "
+              "as it was", file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 

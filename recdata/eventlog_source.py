@@ -10,6 +10,7 @@ dataset's report like events on items the catalogue does not hold.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import tempfile
@@ -52,8 +53,7 @@ def with_event_log(dataset: Dataset, path: str | os.PathLike[str],
     new_report = {**dataset.report, "event_log_events": int(report["events_out"]),
                   "event_log_searches_dropped": int(searches.sum()),
                   "event_log_unknown_items_dropped": int(report["unknown_item_events_dropped"])}
-    return Dataset(name=dataset.name, catalogue=dataset.catalogue, events=merged,
-                   report=new_report)
+    return dataclasses.replace(dataset, events=merged, report=new_report)
 
 
 def repair(path: str | os.PathLike[str]) -> tuple[int, int]:
