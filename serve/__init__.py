@@ -10,6 +10,12 @@
 - ``POST /items`` (one item, or ``{"items": [...]}``; ``?upsert=true`` replaces) and
   ``DELETE /items/{item_id}`` — live catalogue edits, saved into the artifacts directory
   (atomically) before the answer, so a restart keeps them.
+- ``POST /events`` (one event or ``{"events": [...]}``) — shop events into the durable event
+  log (``serve/events.py``: user ids keyed-hashed, search text dropped, fsync before the
+  answer) and the live interaction counts; ``DELETE /users/{user_id}`` removes a user's
+  events from the log and says what it does not undo.
+- ``GET /ui/`` — the page to try it (``serve/web.py``, static files in ``serve/web/``), with
+  ``POST /catalogue/search``, ``GET /ui/examples`` and ``GET /ui/reports``.
 - ``GET /healthz`` — liveness, artifacts loaded, index size (never needs a key).
 - ``GET /metrics`` — Prometheus text: requests by route/status, latency per route and per engine
   stage (encode/search/rerank/total), recommendations by user segment, index size.
