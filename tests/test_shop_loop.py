@@ -153,8 +153,11 @@ class InProcessServer:
 
         self.handler = logging.FileHandler(log_file)
         self.handler.setLevel(logging.DEBUG)
-        # this test's own HTTP client logs its URLs: that is the shopper's side, not the server
+        # this test's own HTTP client logs its URLs: that is the shopper's side, not the
+        # server; keep it quiet wherever other tests left handlers (stderr is scanned too)
         self.handler.addFilter(lambda r: not r.name.startswith(("httpx", "httpcore")))
+        for client_logger in ("httpx", "httpcore"):
+            monkeypatch.setattr(logging.getLogger(client_logger), "disabled", True)
         # not "uvicorn.access": a handler there would switch uvicorn's access log on (it logs
         # when that logger has handlers); whatever it prints reaches stdout, which is scanned
         self.loggers = [logging.getLogger(n) for n in ("", "uvicorn", "uvicorn.error")]
