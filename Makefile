@@ -49,7 +49,7 @@ demo: $(STAMP)  ## the main job on the embedded synthetic data
 	  $(OFFLINE) $(BIN)/python query.py --session $$f --artifacts $(ARTIFACTS) --pretty || exit 1; done
 
 bench: $(STAMP)  ## make bench [DATA=amazon_scientific|movielens|synthetic] [BENCH_ARGS=--train]
-	$(OFFLINE) $(BIN)/python benchmarks/run.py --data $(DATA) $(BENCH_ARGS)
+	$(OFFLINE) $(BIN)/python -m benchmarks.run --data $(DATA) $(BENCH_ARGS)
 
 serve: $(STAMP)  ## the service and its page (http://127.0.0.1:$(PORT)/ui/); events log to $(ARTIFACTS)/events
 	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT) \

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.artifacts import ArtifactPaths
 from engine.loading import quiet_libraries
+from pipeline.index_stage import build
 
 log = logging.getLogger("build_index")
-
-
-def build(paths: ArtifactPaths, index_kwargs: dict[str, Any], batch_size: int = 256,
-          progress: bool = True) -> dict[str, Any]:
-    """Encode the whole catalogue and save a fresh index; returns a summary."""
-    from engine.artifacts import load_catalogue
-    from engine.encoding import encode_catalogue
-    from engine.loading import load_model, resolve_device
-    from index import CatalogueIndex
-
-    paths.check(("towers", "catalogue"))
-    start = time.perf_counter()
-    model = load_model(paths, resolve_device(index_kwargs.get("use_gpu")))
-    catalogue = load_catalogue(paths.root)
-    item_ids = catalogue["item_id"].tolist()
-    item_emb = encode_catalogue(model, item_ids, catalogue["text"].tolist(), batch_size,
-                                progress)  # (n_items, dim)
-    index = CatalogueIndex.build(item_emb, item_ids, **index_kwargs)
-    fingerprint = paths.towers_meta()["fingerprint"]
-    index.save(paths.index, manifest_extra={"model_fingerprint": fingerprint, "run": paths.run})
-    return {"index": index.factory_string, "items": len(index), "dim": index.dim,
-            "seconds": round(time.perf_counter() - start, 2), "path": str(paths.index)}
 
 
 def edit(paths: ArtifactPaths, add: str | None, remove: list[str], upsert: bool = False,
@@ -98,7 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"edited {summary['path']}: +{summary['added']} -{summary['removed']} items, "
               f"{summary['items']} indexed")
     else:
-        summary = build(paths, index_kwargs, int(cfg.batch_size), bool(cfg.progress))
+        summary = build(paths, index_kwargs, int(cfg.batch_size), bool(cfg.progress),
+                        bool(cfg.get("ranking", True)), cfg.get("zero_shot_model"))
         print(f"built {summary['index']} over {summary['items']} items (dim {summary['dim']}) "
               f"in {summary['seconds']}s -> {summary['path']}")
     return summary

@@ -27,7 +27,7 @@ from engine.session import Session, parse_sessions_text
 
 DEFAULT_ARTIFACTS = "artifacts/demo"
 DEFAULT_K = 10  # engine.recommender.DEFAULT_K, repeated to keep torch out of argument checks
-STAGES = ("encode", "search", "rerank", "total")
+STAGES = ("encode", "search", "rank", "rerank", "total")
 
 
 def positive_int(text: str) -> int:

@@ -1,4 +1,4 @@
-"""``python train.py [stage=towers|reranker|all] tower=bert data=... experiment=...``
+"""``python train.py [stage=towers|reranker|ranker|all] tower=bert data=... experiment=...``
 
 Stage ``towers``: Lightning trains the item tower (BERT over item text) and the user tower (over
 the session) with a contrastive loss, validates on full-catalogue ranking, and writes the run's
@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("train")
-STAGES = ("towers", "reranker", "all")
+STAGES = ("towers", "reranker", "ranker", "all")
 
 
 def _minilm_path() -> str:
@@ -118,6 +118,13 @@ def train_reranker_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                   model_path=cfg.rerank.model_path or _minilm_path())
 
 
+def train_ranker_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from pipeline.ranker_stage import train_ranker_for_run
+
+    return train_ranker_for_run(run_dir, load_split(cfg),
+                                OmegaConf.to_container(cfg.ranking, resolve=True), seed=cfg.seed)
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """One readable block of the headline test figures."""
     if "test" not in metrics:
@@ -135,8 +142,11 @@ def summary(metrics: dict[str, Any]) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     from engine.artifacts import save_json
 
-    if cfg.stage not in STAGES:
-        raise ValueError(f"stage= must be one of {list(STAGES)}, got {cfg.stage!r}")
+    stages = {"towers", "reranker", "ranker"} if cfg.stage == "all" else set(
+        str(cfg.stage).split("+"))
+    if not stages or not stages <= set(STAGES) - {"all"}:
+        raise ValueError(f"stage= must be one of {list(STAGES)} or several joined by '+' (e.g. "
+                         f"towers+ranker), got {cfg.stage!r}")
     if cfg.threads:
         import torch
 
@@ -144,15 +154,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.artifacts_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
-    if cfg.stage in ("towers", "all"):
+    if "towers" in stages:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         results["towers"] = train_towers(cfg, run_dir)
         print(summary(results["towers"]))
-    if cfg.stage in ("reranker", "all"):
+    if "reranker" in stages:
         results["reranker"] = train_reranker_stage(cfg, run_dir)
         save_json(run_dir / "reranker_metrics.json", results["reranker"])
         print(json.dumps({k: v for k, v in results["reranker"].items()
                           if k != "loss_history"}, indent=1, default=str))
+    if "ranker" in stages:
+        results["ranker"] = train_ranker_stage(cfg, run_dir)
+        save_json(run_dir / "ranker_metrics.json", results["ranker"])
+        print(json.dumps(results["ranker"], indent=1, default=str))
     return results
 
 

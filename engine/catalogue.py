@@ -31,6 +31,7 @@ class CatalogueState:
     """One consistent view of the catalogue (never mutated; edits return a new state)."""
 
     frame: pd.DataFrame  # CATALOGUE_COLUMNS, one row per item
+    ids: np.ndarray  # (n,) object item ids by row
     row_of: dict[str, int]  # item_id -> row
     titles: np.ndarray  # (n,) object
     texts: np.ndarray  # (n,) object, recdata.item_text of each item
@@ -38,24 +39,31 @@ class CatalogueState:
     popularity: np.ndarray  # (n,) int64 training interactions
     popular_ids: tuple[str, ...]  # items with training interactions, most popular first
     fresh_ids: tuple[str, ...]  # segment "new" first, then everything, newest created_ts first
+    categories: np.ndarray  # (n,) object category path or None
+    brands: np.ndarray  # (n,) object brand or None
+    created: np.ndarray  # (n,) float64 created_ts, NaN when unknown
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> CatalogueState:
         frame = frame.loc[:, list(CATALOGUE_COLUMNS)].reset_index(drop=True)
         ids = frame["item_id"].astype(str).tolist()
         popularity = frame["popularity"].to_numpy(dtype=np.float64)
-        created = pd.to_numeric(frame["created_ts"], errors="coerce").to_numpy(dtype=np.float64)
-        created = np.where(np.isnan(created), -np.inf, created)
+        created_ts = pd.to_numeric(frame["created_ts"], errors="coerce").to_numpy(
+            dtype=np.float64)
+        created = np.where(np.isnan(created_ts), -np.inf, created_ts)
         segments = frame["segment"].astype(str).to_numpy(dtype=object)
         by_pop = np.lexsort((-created, -popularity))  # popularity desc, then newest
         by_fresh = np.lexsort((-created, segments != "new"))  # new first, then newest
         return cls(
-            frame=frame, row_of={item_id: row for row, item_id in enumerate(ids)},
+            frame=frame, ids=np.asarray(ids, dtype=object),
+            row_of={item_id: row for row, item_id in enumerate(ids)},
             titles=frame["title"].astype(str).to_numpy(dtype=object),
             texts=frame["text"].astype(str).to_numpy(dtype=object), segments=segments,
             popularity=popularity.astype(np.int64),
             popular_ids=tuple(ids[r] for r in by_pop if popularity[r] > 0),
-            fresh_ids=tuple(ids[r] for r in by_fresh))
+            fresh_ids=tuple(ids[r] for r in by_fresh),
+            categories=frame["category"].to_numpy(dtype=object),
+            brands=frame["brand"].to_numpy(dtype=object), created=created_ts)
 
     def __len__(self) -> int:
         return len(self.row_of)

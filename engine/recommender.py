@@ -1,15 +1,22 @@
 """``Recommender``: one artifacts directory loaded once; sessions in, explained items out.
 
 Per request: resolve the session against the catalogue -> user tower (``SessionEncoder``) ->
-``CatalogueIndex.search`` of the top N = max(k, policy.top_n), history items excluded -> the
-rerank policy picks candidates for the cross-encoder and blends the scores -> the top k with a
-reason each (the session event closest to the item). A session with no usable event gets the
-fallback: popular items mixed with new ones.
+the ranking stage (``engine.ranking``: candidate sources — the towers' FAISS index, BM25,
+zero-shot text, popular and new items — merged, featurised and ordered by the run's ranker,
+or by the towers' score when the run has no ranking parts) -> the rerank policy picks
+candidates for the cross-encoder and blends the scores -> the top k with a reason each (the
+deciding signal's phrase). A session with no usable event gets the fallback: popular items
+mixed with new ones.
 
-Threads: requests may run concurrently. Live edits (``add_items``, ``remove_items``) and index
-searches hold one ``RLock`` (faiss must not search while its index changes); the catalogue is
-an immutable ``CatalogueState`` swapped whole, read with the index under the same lock, so a
-request never sees an item in one but not the other.
+Timings: each result's ``timings_ms`` are that session's own. Stages run once for a whole
+batch (``encode``, ``search`` = sources + merge, ``rank`` = features + scorer) are shared
+equally among its sessions; ``rerank`` and the session's own work are its alone; ``total`` is
+the sum; ``batch_size`` says how many shared the batch.
+
+Threads: requests may run concurrently. Live edits (``add_items``, ``remove_items``) and
+the ranking of a batch hold one ``RLock`` (faiss must not search while its index changes); the
+catalogue is an immutable ``CatalogueState`` swapped whole, read with the indexes under the
+same lock, so a request never sees an item in one but not the other.
 """
 
 from __future__ import annotations
@@ -30,10 +37,18 @@ from engine.catalogue import CatalogueState, new_catalogue_rows
 from engine.counts import InteractionCounts
 from engine.encoding import SessionEncoder
 from engine.errors import ArtifactsError, CatalogueError, SessionError
-from engine.explain import because
+from engine.explain import (
+    because,
+    brand_phrase,
+    repeat_phrase,
+    signal_of_each,
+    signal_reason,
+)
+from engine.ranking import TextVectors, build_pipeline, session_batch
 from engine.resolve import ResolvedSession, resolve_session
 from engine.session import Session, parse_session
 from index import CatalogueIndex
+from ranking import FEATURES, SIGNAL_OF, RankedSession
 from recdata.splits import user_segment
 from rerank import Reranker, RerankPolicy
 from towers import TwoTowerModel
@@ -43,6 +58,7 @@ log = logging.getLogger(__name__)
 DEFAULT_K = 10
 FALLBACK = "no events: popular and new items"
 FRESH_EVERY = 3  # the fallback's every third item is a new one
+SOURCES_REPORTED = ("towers", "bm25", "zero_shot", "popularity", "fresh", "session")
 
 
 def _ms(seconds: float) -> float:
@@ -58,6 +74,15 @@ def _popular_reason(trained: int, item_id: str, counts: InteractionCounts | None
             f"{hours} h)")
 
 
+def _zs_manifest(directory: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class Recommender:
     """Towers + index + catalogue (+ reranker): see the module docstring.
 
@@ -67,7 +92,8 @@ class Recommender:
     def __init__(self, model: TwoTowerModel, index: CatalogueIndex, catalogue: pd.DataFrame, *,
                  reranker: Reranker | None = None, policy: RerankPolicy | None = None,
                  rerank: bool = True, fingerprint: str | None = None,
-                 paths: ArtifactPaths | None = None) -> None:
+                 paths: ArtifactPaths | None = None, ranking: Any = None,
+                 scorer: str = "auto", candidates: Mapping[str, Any] | None = None) -> None:
         if index.dim != model.dim:
             raise ArtifactsError(f"the index holds {index.dim}-d vectors but the towers make "
                                  f"{model.dim}-d ones; rebuild the index from these towers")
@@ -84,6 +110,11 @@ class Recommender:
         # live interaction counts (engine.counts), set by the service; the fallback uses them
         self.counts: InteractionCounts | None = None
         self._tower_texts = getattr(model.item_tower, "item_texts", None)
+        self.ranking_parts, self.scorer_name = ranking, scorer
+        self.candidates = candidates
+        self._text_vectors = (TextVectors(ranking.encoder.encode) if ranking is not None
+                              else None)
+        self.pipeline = build_pipeline(index, ranking, scorer, self._text_vectors, candidates)
         orphans = [i for i in index.ids if i not in self._state]
         if orphans:
             log.warning("%d indexed item(s) are not in the catalogue (e.g. %s); they are never "
@@ -91,9 +122,14 @@ class Recommender:
 
     @classmethod
     def from_artifacts(cls, root: str | Path, *, rerank: bool = True, use_gpu: bool | None = None,
-                       policy: RerankPolicy | None = None) -> Recommender:
+                       policy: RerankPolicy | None = None, scorer: str = "auto",
+                       candidates: Mapping[str, Any] | None = None,
+                       ranker_dir: str | Path | None = None) -> Recommender:
         """Load ``artifacts/<run>/`` once: towers, catalogue, index (refused when built from
-        other towers), the reranker when present, the rerank policy from config.yaml."""
+        other towers), the ranking stage's parts and ranker when present, the reranker when
+        present, the rerank policy from config.yaml."""
+        from pipeline.ranking_parts import load_ranking_parts
+
         paths = ArtifactPaths(root)
         paths.check(("towers", "catalogue", "index"))
         fingerprint = paths.check_index_matches_towers()["model_fingerprint"]
@@ -103,8 +139,10 @@ class Recommender:
         catalogue = load_catalogue(paths.root)
         reranker = loading.load_reranker(paths, device) if rerank else None
         policy = policy or loading.run_policy(paths)
+        ranking = load_ranking_parts(paths, model, ranker_dir=ranker_dir)
         return cls(model, index, catalogue, reranker=reranker, policy=policy, rerank=rerank,
-                   fingerprint=fingerprint, paths=paths)
+                   fingerprint=fingerprint, paths=paths, ranking=ranking, scorer=scorer,
+                   candidates=candidates)
 
     # ---- reading ------------------------------------------------------------------------
     @property
@@ -129,20 +167,19 @@ class Recommender:
                 "catalogue_items": len(self._state), "dim": self.model.dim,
                 "index": self.index.factory_string, "fingerprint": self.fingerprint,
                 "reranker": self.reranker is not None and self.rerank,
+                "scorer": getattr(self.pipeline.scorer, "name", "towers"),
+                "sources": sorted(self.pipeline.sources),
                 "policy": repr(self.policy), "device": str(self.model.device),
                 "max_seq_len": self.encoder.max_seq_len}
 
     def recommend(self, session: Session | Mapping[str, Any], k: int | None = None,
-                  rerank: bool | None = None) -> dict:
+                  rerank: bool | None = None, repeats: bool = False) -> dict:
         """One session (a ``Session`` or its JSON dict) -> the output JSON of DESIGN.md."""
-        return self.recommend_many([session], k=k, rerank=rerank)[0]
+        return self.recommend_many([session], k=k, rerank=rerank, repeats=repeats)[0]
 
-    def recommend_many(self, sessions: Sequence[Session | Mapping[str, Any]],
-                       k: int | None = None, rerank: bool | None = None) -> list[dict]:
-        """Many sessions: one batched user-tower pass and one index search. ``k`` overrides
-        each session's own ``k`` (default DEFAULT_K); ``rerank`` overrides the loaded setting
-        for this call (False: retrieval only)."""
-        start = time.perf_counter()
+    def resolve(self, sessions: Sequence[Session | Mapping[str, Any]], k: int | None = None
+                ) -> list[ResolvedSession]:
+        """Parse and check sessions against the catalogue and the towers (no model work)."""
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise SessionError(f"k must be an integer >= 1, got {k!r}")
         state, n_items = self._state, self.n_items
@@ -156,71 +193,182 @@ class Recommender:
             resolved.append(resolve_session(
                 session, want, state, self.model.item_index, self._tower_texts,
                 self.encoder.supports_text, self.encoder.max_seq_len))
-        active = [r for r in resolved if r.events]
-        encode_start = time.perf_counter()
-        user_emb, event_embs = (self.encoder.encode([r.events for r in active]) if active
+        return resolved
+
+    def rank_resolved(self, resolved: Sequence[ResolvedSession], repeats: bool = False,
+                      request_ts: Sequence[float] | None = None
+                      ) -> tuple[list[RankedSession], np.ndarray, CatalogueState,
+                                 list[np.ndarray], dict[str, float]]:
+        """The ranking stage for sessions with events: (ranked candidates per session, their
+        user vectors (n, dim), the catalogue state they were ranked against, each session's
+        event vectors, the batch's stage seconds). ``repeats``: history items may return;
+        ``request_ts``: each session's time (default now), for item ages."""
+        clock = time.perf_counter()
+        user_emb, event_embs = (self.encoder.encode([r.events for r in resolved]) if resolved
                                 else (np.zeros((0, self.model.dim), np.float32), []))
-        search_start = time.perf_counter()
-        ids = scores = np.zeros((0, 0))
-        item_vecs: dict[str, np.ndarray] = {}
-        with self._lock:  # the index and the catalogue state as of one moment
+        stages = {"encode": time.perf_counter() - clock}
+        with self._lock:  # the indexes and the catalogue state as of one moment
             state = self._state
-            if active:
-                top_n = min(len(self.index), max(max(r.k for r in active), self.policy.top_n))
-                scores, ids = self.index.search(user_emb, top_n, [r.exclude for r in active])
-                found = [i for i in dict.fromkeys(ids.ravel().tolist()) if i and i in state]
-                item_vecs = dict(zip(found, self.index.vectors_of(found))) if found else {}
-        timings = {"encode": _ms(search_start - encode_start),
-                   "search": _ms(time.perf_counter() - search_start)}
+            batch = session_batch(resolved, user_emb, state.row_of, repeats)
+            now = [time.time()] * len(resolved) if request_ts is None else list(request_ts)
+            ranked = self.pipeline.rank(batch, state, request_ts=now)
+            stages["search"] = self.pipeline.timings.get("sources", 0.0)
+            stages["rank"] = self.pipeline.timings.get("features_and_scorer", 0.0)
+        return ranked, user_emb, state, event_embs, stages
+
+    def score_all(self, resolved: Sequence[ResolvedSession], source: str = "towers",
+                  user_emb: np.ndarray | None = None) -> tuple[np.ndarray, CatalogueState]:
+        """One candidate source's scores of every catalogue item (n, n_rows) for sessions with
+        events, and the catalogue state whose rows the columns are (full-ranking baselines)."""
+        if source not in self.pipeline.sources:
+            raise ArtifactsError(f"no {source!r} source in this run (sources: "
+                                 f"{sorted(self.pipeline.sources)}); build the ranking parts "
+                                 "with build_index.py")
+        if user_emb is None:
+            user_emb = self.encoder.encode([r.events for r in resolved])[0]
+        with self._lock:
+            state = self._state
+            batch = session_batch(resolved, user_emb, state.row_of, False)
+            return self.pipeline.sources[source].prepare(batch, state).score_all(), state
+
+    def recommend_many(self, sessions: Sequence[Session | Mapping[str, Any]],
+                       k: int | None = None, rerank: bool | None = None,
+                       repeats: bool = False) -> list[dict]:
+        """Many sessions: one batched user-tower pass and one ranking pass. ``k`` overrides
+        each session's own ``k`` (default DEFAULT_K); ``rerank`` overrides the loaded setting
+        for this call (False: no cross-encoder); ``repeats`` lets history items return."""
+        start = time.perf_counter()
+        resolved = self.resolve(sessions, k)
+        active = [r for r in resolved if r.events]
+        ranked, _, state, event_embs, stages = self.rank_resolved(active, repeats)
+        share = {name: _ms(seconds / max(1, len(resolved))) for name, seconds in stages.items()}
+        resolve_ms = _ms((time.perf_counter() - start - sum(stages.values()))
+                         / max(1, len(resolved)))
         out, row = [], 0
         for r in resolved:
+            own = time.perf_counter()
             if r.events:
-                result = self._rank(r, ids[row], scores[row], item_vecs, event_embs[row], state,
+                result = self._rank(r, ranked[row], event_embs[row], state,
                                     self.rerank if rerank is None else bool(rerank))
                 row += 1
             else:
                 result = self._fallback(r, state)
-            result["timings_ms"] = {**timings, "rerank": result["timings_ms"]["rerank"],
-                                    "total": _ms(time.perf_counter() - start)}
+            timings = {"encode": share.get("encode", 0.0), "search": share.get("search", 0.0),
+                       "rank": share.get("rank", 0.0), "rerank": result["timings_ms"]["rerank"]}
+            timings["total"] = round(sum(timings.values()) + resolve_ms
+                                     + _ms(time.perf_counter() - own), 3)
+            result["timings_ms"] = {**timings, "batch_size": len(resolved)}
             out.append(result)
         return out
 
-    def _rank(self, r: ResolvedSession, cand_ids: np.ndarray, cand_scores: np.ndarray,
-              item_vecs: dict[str, np.ndarray], event_emb: np.ndarray,
-              state: CatalogueState, use_rerank: bool) -> dict:
-        keep = [j for j, i in enumerate(cand_ids) if i in item_vecs]
-        cand_ids, retrieval = cand_ids[keep], cand_scores[keep].astype(np.float64)  # (N,)
-        rows = state.rows(cand_ids.tolist())
+    def rerank_candidates(self, r: ResolvedSession, ranked: RankedSession,
+                          state: CatalogueState, use_rerank: bool) -> dict[str, Any]:
+        """The rerank policy over one session's ranked candidates: the cross-encoder re-scores
+        the ones the policy picks and its score is blended into the final one. Returns the
+        candidates (``rows``, ``final``, ``features``, ``rerank_scores``, best first is NOT
+        implied: sort by ``final``), ``reranked`` and ``rerank_ms``."""
+        vectors = ranked.item_vectors
+        keep = (~np.isnan(vectors).any(axis=1) if vectors is not None else
+                np.fromiter((state.ids[j] in self.index for j in ranked.rows), bool,
+                            count=len(ranked.rows)))
+        rows, final = ranked.rows[keep], ranked.scores[keep].astype(np.float64)
         rerank_start = time.perf_counter()
         rerank_scores = np.full(len(rows), np.nan)  # (N,)
-        final, reranked = retrieval, False
-        if use_rerank and self.reranker is not None:
+        reranked = False
+        if use_rerank and self.reranker is not None and len(rows):
             selected = self.policy.select(r.n_item_events, state.segments[rows].tolist())
             if selected.any():
                 context = self.reranker.context_text(r.hist_items, r.hist_types, r.hist_queries,
                                                      r.titles)
                 rerank_scores[selected] = self.reranker.score(
                     context, state.texts[rows[selected]].tolist())
-                final = self.policy.blend(retrieval, rerank_scores, selected)
+                final = self.policy.blend(final, rerank_scores, selected)
                 reranked = True
-        elif use_rerank:
+        elif use_rerank and self.reranker is None:
             command = (self.paths.command_for("reranker") if self.paths
                        else "python train.py stage=reranker")
             r.warnings.append(f"no reranker in the artifacts (train one with `{command}`); "
                               "results are not reranked")
-        rerank_ms = _ms(time.perf_counter() - rerank_start)
+        return {"rows": rows, "final": final, "features": ranked.features[keep],
+                "vectors": None if vectors is None else vectors[keep],
+                "ranks": {k: v[keep] for k, v in ranked.ranks.items()},
+                "rerank_scores": rerank_scores, "reranked": reranked,
+                "rerank_ms": _ms(time.perf_counter() - rerank_start)}
+
+    def _rank(self, r: ResolvedSession, ranked: RankedSession, event_emb: np.ndarray,
+              state: CatalogueState, use_rerank: bool) -> dict:
+        cand = self.rerank_candidates(r, ranked, state, use_rerank)
+        rows, final, features = cand["rows"], cand["final"], cand["features"]
+        rerank_scores, reranked = cand["rerank_scores"], cand["reranked"]
+        retrieval = features[:, FEATURES.index("towers_score")].astype(np.float64)
         order = np.argsort(-final, kind="stable")[: r.k]
-        top_ids = cand_ids[order].tolist()
-        reasons = because(np.stack([item_vecs[i] for i in top_ids]) if top_ids else
-                          np.zeros((0, event_emb.shape[1]), np.float32), event_emb, r.reasons)
-        items = [{"rank": rank, "item_id": item_id, "title": str(state.titles[rows[j]]),
+        signals = self._signals(features, order,
+                                reranked and not np.isnan(rerank_scores[order]).all())
+        reasons = self._reasons(r, rows[order], cand["vectors"][order], signals, event_emb,
+                                state)
+        sources = {name: cand["ranks"][name][order] for name in SOURCES_REPORTED
+                   if name in cand["ranks"]}
+        items = [{"rank": rank, "item_id": str(state.ids[row]), "title": str(state.titles[row]),
                   "score": round(float(final[j]), 6),
-                  "retrieval_score": round(float(retrieval[j]), 6),
+                  "retrieval_score": (None if np.isnan(retrieval[j])
+                                      else round(float(retrieval[j]), 6)),
                   "rerank_score": (None if np.isnan(rerank_scores[j])
                                    else round(float(rerank_scores[j]), 6)),
-                  "item_segment": str(state.segments[rows[j]]), "because": reason}
-                 for rank, (j, item_id, reason) in enumerate(zip(order, top_ids, reasons), 1)]
-        return self._result(r, user_segment(r.n_item_events), reranked, items, rerank_ms)
+                  "item_segment": str(state.segments[row]), "because": reason,
+                  "signal": signal,
+                  "sources": [name for name, ranks in sources.items()
+                              if not np.isnan(ranks[pos])]}
+                 for pos, (rank, j, row, (signal, reason)) in enumerate(
+                     zip(range(1, len(order) + 1), order, rows[order], reasons))]
+        return self._result(r, user_segment(r.n_item_events), reranked, items,
+                            cand["rerank_ms"])
+
+    def _reasons(self, r: ResolvedSession, rows: np.ndarray, vectors: np.ndarray,
+                 signals: list[str], event_emb: np.ndarray, state: CatalogueState
+                 ) -> list[tuple[str, str]]:
+        """(deciding signal, phrase) of each shown item (module docstring); ``vectors`` are
+        the items' towers vectors as of the ranking."""
+        if not len(rows):
+            return []
+        ids = [str(state.ids[j]) for j in rows]
+        closest = because(vectors, event_emb, r.reasons)
+        query = next((q for t, q in zip(reversed(r.hist_types), reversed(r.hist_queries))
+                      if t == "search" and q), None)
+        history = [(i, t) for i, t in zip(r.hist_items, r.hist_types)
+                   if i is not None and i in state]
+        out = []
+        for row, item_id, signal, near in zip(rows, ids, signals, closest):
+            brand = state.brands[row]
+            brand_event = next((brand_phrase(t, str(state.titles[state.row_of[i]]))
+                                for i, t in reversed(history) if isinstance(brand, str)
+                                and i != item_id and state.brands[state.row_of[i]] == brand),
+                               None)
+            repeat = next((repeat_phrase(t) for i, t in reversed(history) if i == item_id), None)
+            category = state.categories[row]
+            leaf = (category.split(" > ")[-1] if isinstance(category, str) and category
+                    else None)
+            out.append((signal, signal_reason(
+                signal, closest=near, query=query, brand_event=brand_event, category=leaf,
+                popularity=int(state.popularity[row]), repeat_event=repeat)))
+        return out
+
+    def _signals(self, features: np.ndarray, shown: np.ndarray, reranked: bool) -> list[str]:
+        """The deciding signal of each shown row (``shown`` indexes ``features``, all of the
+        session's candidates): the ranker's largest contribution (SHAP values), the fusion's
+        largest weighted z-scored term, else the towers."""
+        scorer = self.pipeline.scorer
+        if reranked:
+            return ["cross_encoder"] * len(shown)
+        if hasattr(scorer, "contributions"):
+            return signal_of_each(scorer.contributions(features[shown]), FEATURES, SIGNAL_OF)
+        if hasattr(scorer, "weights"):
+            from ranking.scorers import COLUMN, zscore
+
+            names = [n for n, w in scorer.weights.items() if w]
+            terms = np.column_stack([scorer.weights[n] * zscore(features[:, COLUMN[n]])
+                                     for n in names])
+            return signal_of_each(terms[shown], names, SIGNAL_OF)
+        return ["towers"] * len(shown)
 
     def _fallback(self, r: ResolvedSession, state: CatalogueState) -> dict:
         excluded = set(r.exclude)
@@ -248,7 +396,8 @@ class Recommender:
             items.append({"rank": rank, "item_id": item_id, "title": str(state.titles[row]),
                           "score": round(1.0 - (rank - 1) / r.k, 6), "retrieval_score": None,
                           "rerank_score": None, "item_segment": str(state.segments[row]),
-                          "because": reason})
+                          "because": reason, "signal": kind.replace("popular", "popularity"),
+                          "sources": [kind.replace("popular", "popularity")]})
         result = self._result(r, "new_user", False, items, 0.0)
         result["fallback"] = FALLBACK
         return result
@@ -261,6 +410,13 @@ class Recommender:
                               f"session's {len(r.exclude)} history/excluded item(s); asked {r.k}")
         return {"user_id": r.session.user_id, "segment": segment, "reranked": reranked,
                 "items": items, "timings_ms": {"rerank": rerank_ms}, "warnings": r.warnings}
+
+    def set_scorer(self, scorer: str) -> None:
+        """Serve with another scorer (``engine.ranking.SCORERS``) from now on."""
+        with self._lock:
+            self.pipeline = build_pipeline(self.index, self.ranking_parts, scorer,
+                                           self._text_vectors, self.candidates)
+            self.scorer_name = scorer
 
     # ---- live edits ---------------------------------------------------------------------
     def add_items(self, items: Sequence[Mapping[str, Any]] | pd.DataFrame, *,
@@ -279,12 +435,33 @@ class Recommender:
             raise CatalogueError("this run's item tower is ID-only (tower=id): it cannot embed "
                                  "new items from text; retrain with a text tower to add items")
         item_emb = self.model.item_emb_from_texts(rows["text"].tolist())  # (n, dim)
+        parts = self.ranking_parts
+        zs_emb = (parts.encoder.item_vectors(ids, rows["text"].tolist()) if parts is not None
+                  else None)  # (n, d_text)
         with self._lock:
             state = self._state.with_rows(rows, replace=upsert)
             self.index.add(item_emb, ids, upsert=upsert)
+            if parts is not None:
+                parts.zero_shot.add(zs_emb, ids, upsert=upsert)
             self._state = state
+        self._rebuild_bm25(state)
         log.info("added %d item(s) (upsert=%s)", len(ids), upsert)
         return ids
+
+    def _rebuild_bm25(self, state: CatalogueState) -> None:
+        """BM25 over the catalogue after an edit (bm25s cannot update in place); requests in
+        between use the previous BM25, which never returns an item the catalogue lacks."""
+        parts = self.ranking_parts
+        if parts is None:
+            return
+        from ranking import BM25Index
+
+        bm25 = BM25Index.build(state.ids.tolist(), state.texts.tolist()) if len(state) else None
+        with self._lock:
+            if self._state is state and bm25 is not None:
+                parts.bm25 = bm25
+                self.pipeline = build_pipeline(self.index, parts, self.scorer_name,
+                                               self._text_vectors, self.candidates)
 
     def remove_items(self, item_ids: Sequence[str]) -> int:
         """Remove items from the index and the catalogue; unknown ids raise CatalogueError and
@@ -301,7 +478,13 @@ class Recommender:
             indexed = [i for i in ids if i in self.index]
             if indexed:
                 self.index.remove(indexed)
+            parts = self.ranking_parts
+            if parts is not None:
+                in_zero_shot = [i for i in ids if i in parts.zero_shot]
+                if in_zero_shot:
+                    parts.zero_shot.remove(in_zero_shot)
             self._state = state
+        self._rebuild_bm25(state)
         log.info("removed %d item(s)", len(ids))
         return len(ids)
 
@@ -314,3 +497,13 @@ class Recommender:
             self.index.save(self.paths.index, manifest_extra={
                 "model_fingerprint": self.fingerprint, "run": self.paths.run})
             write_catalogue(self.paths.catalogue, self._state.frame)
+            parts = self.ranking_parts
+            if parts is not None:
+                from pipeline.ranking_parts import BM25_DIR, ZERO_SHOT_DIR, save_bm25
+
+                save_bm25(parts.bm25, self.paths.root / BM25_DIR)
+                zs_dir = self.paths.root / ZERO_SHOT_DIR
+                manifest = parts.zero_shot.manifest()
+                keep = {k: v for k, v in _zs_manifest(zs_dir).items()
+                        if k not in manifest and k != "save_id"}
+                parts.zero_shot.save(zs_dir, manifest_extra=keep)

@@ -82,11 +82,9 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
                            seed: int, model_path: str) -> dict[str, Any]:
     """Train ``Reranker`` on ``split``'s examples with the run's towers as the candidate
     generator; save it to ``run_dir/reranker`` and return its before/after metrics."""
-    from engine.artifacts import load_catalogue, save_json
+    from engine.artifacts import ArtifactPaths, load_catalogue, save_json
     from rerank import Reranker, build_groups, build_pairs, train_reranker
     from towers import load_towers
-
-    from engine.artifacts import ArtifactPaths
 
     run_dir = Path(run_dir)
     ArtifactPaths(run_dir).check_split(split.fingerprint)  # candidates must come from this split

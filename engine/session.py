@@ -17,7 +17,7 @@ how to fix; JSONL input prefixes ``line N:``. Unknown item ids are not structura
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ EVENT_KEYS: tuple[str, ...] = ("type", "item_id", "item", "query", "ts")
 INLINE_ITEM_KEYS: tuple[str, ...] = ("item_id", "title", *CATALOGUE_OPTIONAL)
 ITEM_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "search")
 _SHOW = 60  # characters of an offending value quoted in a message
+DEFAULT_EXAMPLE_K = 10  # k of sessions built from evaluation examples (callers rank further)
 
 
 @dataclass(frozen=True)
@@ -239,3 +240,18 @@ def parse_sessions_text(
     if not sessions:
         raise SessionError(f"{source}: holds no session; expected one JSON object per line")
     return sessions, True
+
+
+def sessions_from_examples(hist_items: Sequence[Sequence[str | None]],
+                           hist_types: Sequence[Sequence[str]],
+                           hist_queries: Sequence[Sequence[str | None]],
+                           k: int = DEFAULT_EXAMPLE_K) -> list[Session]:
+    """Evaluation example rows (``recdata`` split columns) as sessions: the benchmark and the
+    ranker's training stage send them through the very path a served session takes."""
+    sessions = []
+    for items, types, queries in zip(hist_items, hist_types, hist_queries):
+        events = [Event(type="search", query=q) if t == "search" else Event(type=t, item_id=i)
+                  for i, t, q in zip(items, types, queries)
+                  if (t == "search" and q) or (t != "search" and i is not None)]
+        sessions.append(Session(events=events, k=k))
+    return sessions

@@ -75,15 +75,23 @@ class Recommendation(BaseModel):
     rerank_score: float | None = Field(description="cross-encoder score; null when not reranked")
     item_segment: ItemSegment
     because: str
+    signal: str | None = Field(None, description="the signal that decided the item: towers, "
+                                                 "bm25, zero_shot, search, brand, category, "
+                                                 "popularity, fresh, session, cross_encoder")
+    sources: list[str] = Field(default_factory=list, description="candidate sources that "
+                                                                 "returned the item")
 
 
 class Timings(BaseModel):
-    """Milliseconds per engine stage."""
+    """Milliseconds per engine stage, this session's own: stages run once for a batch (encode,
+    search, rank) are shared equally among its ``batch_size`` sessions."""
 
     encode: float
-    search: float
+    search: float = Field(description="candidate sources and their merge")
+    rank: float = Field(0.0, description="features and the ranker (or the fusion / towers' order)")
     rerank: float
     total: float
+    batch_size: int = 1
 
 
 class RecommendResponse(BaseModel):

@@ -51,7 +51,7 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
         user_tower = UserTower(item_tower.dim, max_seq_len=TINY_MAX_SEQ_LEN, dropout=0.0)
     model = TwoTowerModel(item_tower, user_tower, catalogue["item_id"].tolist())
     paths = ArtifactPaths(root)
-    save_towers(model, paths.towers)
+    save_towers(model, paths.towers, extra_meta={"split_fingerprint": split.fingerprint})
     save_catalogue(root, catalogue, texts, split.item_popularity, item_segments(split))
     Reranker(tiny_bert_path, max_length=32).save(paths.reranker)
     paths.config.write_text(f"run_name: {TINY_RUN}\nrerank:\n  mode: auto\n  top_n: 10\n"
@@ -80,6 +80,38 @@ def artifacts_copy(tiny_artifacts: Path, tmp_path: Path) -> Path:
     target = tmp_path / "artifacts" / TINY_RUN
     shutil.copytree(tiny_artifacts, target)
     return target
+
+
+def _tiny_split():
+    from recdata import load_dataset, split_dataset
+
+    return split_dataset(load_dataset("synthetic", n_items=120, n_users=60, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_split():
+    """The split the tiny artifacts were made from."""
+    return _tiny_split()
+
+
+@pytest.fixture(scope="session")
+def tiny_ranked_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_artifacts: Path
+                          ) -> Path:
+    """``tiny_artifacts`` plus a ranker trained by the ranker stage (a few LightGBM rounds).
+    Read-only."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from pipeline.ranker_stage import train_ranker_for_run
+
+    root = tmp_path_factory.mktemp("ranked") / TINY_RUN
+    shutil.copytree(tiny_artifacts, root)
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent / "conf"
+                                                / "ranking" / "default.yaml"))
+    cfg["lightgbm"].update(num_boost_round=15, min_data_in_leaf=5)
+    train_ranker_for_run(root, _tiny_split(), cfg, seed=0)
+    return root
 
 
 # ---- end artifacts ------------------------------------------------------------------------------

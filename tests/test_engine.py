@@ -31,7 +31,7 @@ from engine import (
 from engine.explain import closest_events, event_reason
 
 ITEM_KEYS = {"rank", "item_id", "title", "score", "retrieval_score", "rerank_score",
-             "item_segment", "because"}
+             "item_segment", "because", "signal", "sources"}
 RESULT_KEYS = {"user_id", "segment", "reranked", "items", "timings_ms", "warnings"}
 
 
@@ -40,7 +40,7 @@ def check_result(result: dict, k: int) -> None:
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert result["segment"] in ("new_user", "cold_user", "warm_user")
     assert isinstance(result["reranked"], bool)
-    assert set(result["timings_ms"]) == {"encode", "search", "rerank", "total"}
+    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total", "batch_size"}
     assert all(v >= 0 for v in result["timings_ms"].values())
     assert [item["rank"] for item in result["items"]] == list(range(1, k + 1))
     for item in result["items"]:

@@ -29,7 +29,7 @@ from serve.auth import UNAUTHORIZED_DETAIL, ApiKeyCheck, AuthConfigError, keys_f
 from serve.models import error_loc
 
 ITEM_KEYS = {"rank", "item_id", "title", "score", "retrieval_score", "rerank_score",
-             "item_segment", "because"}
+             "item_segment", "because", "signal", "sources"}
 RESULT_KEYS = {"user_id", "segment", "reranked", "items", "timings_ms", "warnings"}
 SEARCH = {"user_id": "u1", "events": [{"type": "search", "query": "usb lamp"}]}
 
@@ -38,7 +38,7 @@ def check_result(result: dict, k: int) -> None:
     """The DESIGN.md output contract."""
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert result["segment"] in ("new_user", "cold_user", "warm_user")
-    assert set(result["timings_ms"]) == {"encode", "search", "rerank", "total"}
+    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total", "batch_size"}
     assert [item["rank"] for item in result["items"]] == list(range(1, k + 1))
     assert all(set(item) == ITEM_KEYS for item in result["items"])
 
@@ -132,7 +132,7 @@ def test_metrics_parse_as_prometheus_text(client: TestClient, item_ids: list[str
     assert requests[("/recommend", "200")] >= 1 and requests[("/recommend", "422")] >= 1
     stages = {s.labels["stage"] for s in families["firstclick_engine_stage_duration_seconds"]
               .samples if s.name.endswith("_count") and s.labels["route"] == "/recommend"}
-    assert stages == {"encode", "search", "rerank", "total"}
+    assert stages == {"encode", "search", "rank", "rerank", "total"}
     assert "firstclick_http_request_duration_seconds" in families
     assert families["firstclick_index_items"].samples[0].value == len(item_ids)
 

@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_all_artifacts(tiny_run: Path) -> None:
-    from benchmarks.systems import TwoTowerRetriever
+    from engine.rerank_stage import example_sessions
     from evaluation import RankingEvaluator
     from recdata import load_dataset, split_dataset
     from towers import load_towers
@@ -36,13 +36,15 @@ def test_train_writes_all_artifacts(tiny_run: Path) -> None:
     assert {"user=warm_user", "target=new"} <= set(metrics["test"]["masked"]["by_segment"])
     # the recorded test figures are those of the saved towers, scored afresh on the same split
     split = split_dataset(load_dataset("synthetic", n_items=150, n_users=80, seed=0),
-                          new_item_share=0.1, seed=0, distinct_targets=True)
+                          new_item_share=0.1, seed=0, distinct_targets=True,
+                          ranker_item_share=0.05)
     model = load_towers(tiny_run / "towers")
     towers_meta = json.loads((tiny_run / "towers" / "towers.json").read_text())
     assert towers_meta["split_fingerprint"] == split.fingerprint
     index = {item_id: n for n, item_id in enumerate(model.item_ids)}
     evaluator = RankingEvaluator(len(index), np.isin(model.item_ids, list(split.long_tail)))
-    evaluator.add(TwoTowerRetriever(model, model.item_ids, "t").score(split.test),
+    user_emb = model.user_emb_from_events(example_sessions(split.test), unknown_items="skip")
+    evaluator.add(user_emb @ model.catalogue_item_emb().T,
                   np.array([index[t] for t in split.test["target"]]),
                   [np.array([index[i] for i in h if i in index]) for h in
                    split.test["hist_items"]])
@@ -104,7 +106,8 @@ def test_unknown_stage_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
         train.main(["stage=everything", f"artifacts_dir={tmp_path}"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: stage= must be one of ['towers', 'reranker', 'all'], got 'everything'"]
+    assert err == ["error: stage= must be one of ['towers', 'reranker', 'ranker', 'all'] or "
+                   "several joined by '+' (e.g. towers+ranker), got 'everything'"]
 
 
 def test_bad_tower_setting_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
