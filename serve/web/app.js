@@ -144,7 +144,8 @@ function fmt(x, digits = 3) {
 function renderTimings(t) {
   const box = $("timings");
   box.replaceChildren();
-  const stages = ["encode", "search", "rerank"];
+  // every stage the engine reports (encode, search, rank, rerank, ...), in its order
+  const stages = Object.keys(t).filter((k) => k !== "total" && k !== "batch_size");
   const total = Math.max(t.total, 0.001);
   const bar = el("div", "bar");
   for (const stage of stages) {
@@ -187,8 +188,16 @@ function renderResult(result) {
     const scores = el("div", "scores");
     scores.append(el("span", "", `score ${fmt(item.score)}`),
                   el("span", "", `retrieval ${fmt(item.retrieval_score)}`),
-                  el("span", "", `rerank ${fmt(item.rerank_score)}`),
-                  el("span", "id", item.item_id));
+                  el("span", "", `rerank ${fmt(item.rerank_score)}`));
+    if (item.sources && item.sources.length) {
+      const found = el("span", "sources");
+      found.title = "candidate sources that proposed this item (the deciding one first)";
+      const ordered = [item.signal, ...item.sources.filter((x) => x !== item.signal)]
+        .filter(Boolean);
+      for (const source of ordered) found.append(el("span", "src", source.replace("_", "-")));
+      scores.append(found);
+    }
+    scores.append(el("span", "id", item.item_id));
     const because = el("div", "because", item.because ? `because ${item.because}` : "");
     because.dataset.testid = "because";
     li.append(head, scores, because);
