@@ -28,6 +28,7 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_BATCH = 256
 DEFAULT_ENGINE_THREADS = 2
 DEFAULT_TORCH_THREADS = 1
+DEFAULT_RELOAD_EVERY_S = 5.0  # serve.reload's default, repeated to keep imports light
 
 
 def port_number(text: str) -> int:
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"HMAC key that pseudonymises user ids (created when missing; "
                              f"never inside the artifacts); default: ${USER_KEY_ENV}, and "
                              "without either, events are refused")
+    parser.add_argument("--reload-every", type=float, default=DEFAULT_RELOAD_EVERY_S,
+                        metavar="SECONDS",
+                        help="poll the artifacts this often; newly committed towers (python -m "
+                             "pipeline.refresh) are loaded and swapped in without a restart "
+                             f"(default {DEFAULT_RELOAD_EVERY_S:g}; 0: never)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     return parser
@@ -82,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.reload_every < 0:
+            raise ValueError(f"--reload-every must be >= 0 seconds (0: never), got "
+                             f"{args.reload_every:g}")
         api_keys = keys_from_env()
         if args.api_keys_file:
             api_keys |= keys_from_file(args.api_keys_file)
@@ -110,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(recommender=recommender, api_keys=api_keys,
                      max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                      engine_threads=args.engine_threads, torch_threads=args.torch_threads,
-                     event_log=event_log, user_key=user_key)
+                     event_log=event_log, user_key=user_key,
+                     reload_every_s=args.reload_every or None)
     logger = logging.getLogger(__name__)
     logger.info("serving %s on http://%s:%d (auth %s); the page: http://%s:%d/ui/", paths.root,
                 args.host, args.port, "on" if api_keys else "off", args.host, args.port)

@@ -47,6 +47,7 @@ from serve.models import (
     unprocessable,
 )
 from serve.privacy import Pseudonymizer
+from serve.reload import reload_watcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,7 +117,8 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
                max_items: int = DEFAULT_MAX_ITEMS, engine_threads: int = DEFAULT_ENGINE_THREADS,
                torch_threads: int | None = None, event_log: str | Path | EventLog | None = None,
-               user_key: bytes | None = None, web: bool = True) -> FastAPI:
+               user_key: bytes | None = None, web: bool = True,
+               reload_every_s: float | None = None) -> FastAPI:
     """The app over ``recommender``, or over ``artifacts`` loaded once at start-up (lifespan).
 
     ``api_keys``: None reads ``FIRSTCLICK_API_KEYS``; an empty set turns auth off.
@@ -126,6 +128,8 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
     no log (those routes answer 503).
     ``user_key``: the HMAC key user ids are pseudonymised with (``serve.privacy``); None:
     events are refused (503), since raw ids must not be stored. ``web``: serve the page (/ui/).
+    ``reload_every_s``: poll the artifacts this often and swap in newly committed towers
+    (``serve.reload``; ``python -m pipeline.refresh``); None: never.
     """
     if artifacts is None and recommender is None:
         raise ValueError("create_app needs artifacts= (a run directory) or recommender=")
@@ -161,10 +165,15 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
         counts = await anyio.to_thread.run_sync(events.open)
         if counts is not None:
             state.recommender.counts = counts
+        watcher = reload_watcher(state, events, reload_every_s)
+        if watcher is not None:
+            watcher.start()
         log.info("serving %s", state.recommender.info())
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.stop()
             events.close()
 
     app = FastAPI(title=TITLE, version="0.1.0", lifespan=lifespan, responses=ERRORS,

@@ -15,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
-
-import anyio
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +69,47 @@ class StateWatcher:
         log.info("reload: now serving %s", getattr(engine, "info", dict)())
         return True
 
-    async def run(self) -> None:
-        """Poll forever (cancel to stop); loads run in a worker thread."""
-        while True:
-            await anyio.sleep(self.every_s)
-            await anyio.to_thread.run_sync(self.check)
+    def start(self) -> None:
+        """Poll in a daemon thread until :meth:`stop`."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="state-watcher", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.check()
+            except Exception:  # never let the watcher die silently
+                log.exception("reload: unexpected error; still serving the old state")
+
+    def stop(self) -> None:
+        if getattr(self, "_thread", None) is not None:
+            self._stop.set()
+            self._thread.join(timeout=30)
+
+
+def reload_watcher(state: Any, events: Any, every_s: float | None) -> StateWatcher | None:
+    """The watcher of a ``serve.app.ServeState``: reloads ``state.recommender`` from its
+    artifacts with the same rerank setting, hands it the live counts, swaps it under the app's
+    edit lock. None when ``every_s`` is falsy or the engine has no artifacts directory."""
+    engine = state.recommender
+    if not every_s or engine is None or engine.paths is None:
+        return None
+    root = engine.paths.root
+
+    def load() -> Any:
+        from engine.recommender import Recommender
+
+        return Recommender.from_artifacts(root, rerank=state.recommender.rerank)
+
+    def swap(new: Any) -> None:
+        new.counts = events.counts
+        state.recommender = new
+
+    watcher = StateWatcher(lambda: towers_token(root), load, swap, every_s,
+                           guard=state.write_lock)
+    watcher.prime()
+    return watcher
 
 
 def towers_token(root: str | Path) -> Hashable:
