@@ -16,7 +16,7 @@ DATA   ?= amazon_scientific
 # HMAC key that pseudonymises user ids in the event log; created on first use, never in artifacts
 USER_KEY_FILE ?= .secrets/user.key
 
-.PHONY: install test test-slow test-all lint demo bench serve clean
+.PHONY: install test test-slow test-all lint demo bench serve refresh clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench: $(STAMP)  ## make bench [DATA=amazon_scientific|movielens|synthetic] [BEN
 serve: $(STAMP)  ## the service and its page (http://127.0.0.1:$(PORT)/ui/); events log to $(ARTIFACTS)/events
 	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT) \
 	  --user-key-file $(USER_KEY_FILE)
+
+refresh: $(STAMP)  ## fine-tune the served run on its event log since the last refresh; the service swaps it in
+	$(OFFLINE) $(BIN)/python -m pipeline.refresh --artifacts $(ARTIFACTS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache test-artifacts

@@ -17,6 +17,10 @@
 - ``GET /ui/`` — the page to try it (``serve/web.py``, static files in ``serve/web/``), with
   ``POST /catalogue/search``, ``GET /ui/examples`` and ``GET /ui/reports``.
 - ``GET /healthz`` — liveness, artifacts loaded, index size (never needs a key).
+
+With ``reload_every_s`` (``python -m serve --reload-every``, default 5 s) a watcher thread
+(``serve/reload.py``) loads towers committed by ``python -m pipeline.refresh`` beside the
+served ones and swaps them in with one assignment: no restart, no failed request.
 - ``GET /metrics`` — Prometheus text: requests by route/status, latency per route and per engine
   stage (encode/search/rerank/total), recommendations by user segment, index size.
 - ``GET /openapi.json``, ``/docs`` — the schema with the request/response models.

@@ -36,8 +36,10 @@ DEFAULT_MAX_EVENTS = 1000  # events per POST /events
 EVENT_FIELDS: tuple[str, ...] = ("user_id", "event", "item_id", "query", "ts", "weight")
 MAX_ID_CHARS = 256
 NOT_UNDONE: tuple[str, ...] = (
-    "models trained before this deletion (towers, reranker, ranker) keep what they learned "
-    "from these events until the next training or refresh run reads the log without them",
+    "models trained or refreshed before this deletion (towers, reranker, ranker) keep what "
+    "they learned from these events until they are retrained from scratch (python train.py "
+    "with data.options.event_log=...); an incremental refresh starts from them and does not "
+    "remove it",
     "catalogue popularity figures computed by the last training run",
     "copies of the event log made outside this service (exports, backups, training files)",
     "other replicas' event logs: send the same DELETE to each replica",

@@ -116,7 +116,7 @@ def test_counts_survive_a_restart_and_a_deletion_removes_a_users_events(
         assert response.status_code == 200
         body = response.json()
         assert body["deleted_events"] == 2
-        assert any("models trained before" in line for line in body["not_undone"])
+        assert any("retrained from scratch" in line for line in body["not_undone"])
         assert rec.counts.snapshot() == {items[1]: (1, 1)}
         assert client.delete("/users/carol").json()["deleted_events"] == 0
     users = {e["user_id"] for e in scan(log_path(run_dir)).events()}
