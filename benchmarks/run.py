@@ -45,7 +45,7 @@ QUICK_DATA = ["data.options.n_items=150", "data.options.n_users=80"]
 QUICK_TRAIN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none",
                "train.batch_size=32", "train.eval_batch_size=64"]
 QUICK_RERANK = ["rerank.max_train_examples=16", "rerank.max_valid_groups=8", "rerank.max_steps=2",
-                "rerank.candidates_n=20", "rerank.max_length=32", "rerank.batch_size=8"]
+                "rerank.candidates_n=20", "rerank.max_length=32", "rerank.groups_per_step=4"]
 QUICK_RANKER = ["ranking.lightgbm.num_boost_round=20", "ranking.lightgbm.min_data_in_leaf=5"]
 QUICK_INDEX_SCALE = ["--sizes", "2000", "--queries", "50", "--single-queries", "20", "--kinds",
                      "flat", "hnsw", "--ef-search", "16", "64", "--clusters", "20"]
@@ -55,9 +55,10 @@ LIBRARIES = ("torch", "faiss-cpu", "faiss-gpu-cu12", "sentence-transformers", "t
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", choices=DATASETS, default="amazon_scientific",
+    p.add_argument("--data", choices=DATASETS, default=None,
                    help="a data config of conf/data/; `files` is your own catalogue + events "
-                        "(--set data.options.catalogue=... --set data.options.events=...)")
+                        "(--set data.options.catalogue=... --set data.options.events=...); "
+                        "default amazon_scientific (synthetic with --quick)")
     p.add_argument("--name", help="report name: <out>/<name>.{json,md,png} (default: --data)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
@@ -73,7 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    metavar="KEY=VALUE", help="Hydra override for training only (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="split, holdout, training and samples")
     p.add_argument("--quick", action="store_true",
-                   help="tiny synthetic data, tiny towers and reranker, few sessions (< 1 min)")
+                   help="tiny towers, ranker and reranker, few sessions; tiny synthetic data "
+                        "unless --data says otherwise (a few minutes)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/encoder"))
     p.add_argument("--ranker-ablations", action="store_true",
@@ -97,8 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--systems: unknown {unknown}; choose from {list(SYSTEMS)}")
     if args.quick:
-        args.data = "synthetic"
-        args.overrides = QUICK_DATA + args.overrides
+        args.data = args.data or "synthetic"
+        if args.data == "synthetic":
+            args.overrides = QUICK_DATA + args.overrides
         args.train = args.train or not (args.artifacts_bert or args.artifacts_id)
         args.rerank_sample = min(args.rerank_sample, 20)
         args.latency_sessions = min(args.latency_sessions, 20)
@@ -107,6 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             args.artifacts_root = args.out / "artifacts"
         if args.cache_dir == Path(".cache/encoder"):
             args.cache_dir = args.out / "cache"
+    args.data = args.data or "amazon_scientific"
     args.name = args.name or args.data
     args.artifacts_bert = args.artifacts_bert or args.artifacts_root / f"{args.data}_bert"
     args.artifacts_id = args.artifacts_id or args.artifacts_root / f"{args.data}_id"

@@ -67,13 +67,16 @@ def read_config(paths: ArtifactPaths) -> dict[str, Any]:
 def policy_from_config(config: dict[str, Any], tuned: dict[str, Any] | None = None
                        ) -> RerankPolicy:
     """``RerankPolicy`` from the config's ``rerank`` group (conf/rerank/*.yaml keys); ``tuned``
-    (the reranker's ``blend.json``, chosen on validation) overrides ``blend_alpha``."""
+    (chosen on validation by the reranker stage) adds its per-user-group ``rules``
+    (``policy.json``) or overrides ``blend_alpha`` (the older ``blend.json``)."""
     from rerank import RerankPolicy
 
     group = config.get("rerank") or {}
     kwargs = {k: group[k] for k in POLICY_KEYS if isinstance(group, dict) and k in group}
     if tuned and "blend_alpha" in tuned:
         kwargs["blend_alpha"] = float(tuned["blend_alpha"])
+    if tuned and "rules" in tuned:
+        kwargs["rules"] = tuned["rules"]
     try:
         return RerankPolicy(**kwargs)
     except (TypeError, ValueError) as err:
@@ -81,10 +84,19 @@ def policy_from_config(config: dict[str, Any], tuned: dict[str, Any] | None = No
 
 
 def run_policy(paths: ArtifactPaths) -> RerankPolicy:
-    """The run's policy: config.yaml's rerank keys, with the blend weight tuned on validation
-    (``reranker/blend.json``, written by the reranker stage) when there is one."""
-    blend_file = Path(paths.reranker) / "blend.json"
-    tuned = json.loads(blend_file.read_text()) if blend_file.is_file() else None
+    """The run's policy: config.yaml's rerank keys, with what the reranker stage decided on
+    validation (``reranker/policy.json``: per user group on/off, candidates, blend weight; or an
+    older run's ``reranker/blend.json``) when there is one."""
+    tuned = None
+    for name in ("policy.json", "blend.json"):
+        tuned_file = Path(paths.reranker) / name
+        if tuned_file.is_file():
+            try:
+                tuned = json.loads(tuned_file.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ArtifactsError(f"{tuned_file} is unreadable ({err}); rewrite it with "
+                                     f"`{paths.command_for('reranker')}`") from None
+            break
     return policy_from_config(read_config(paths), tuned)
 
 
@@ -127,12 +139,10 @@ def load_reranker(paths: ArtifactPaths, device: str) -> Reranker | None:
                     paths.reranker, paths.command_for("reranker"))
         return None
     try:
-        try:
-            return Reranker.load(paths.reranker, device=device)
-        except RerankError:
-            if device == "cpu":
-                raise
-            return Reranker.load(paths.reranker, device="cpu")  # int8 scoring is CPU-only
+        if device != "cpu":  # ONNX and int8 engines are CPU ones: the GPU scores fp32 torch
+            return Reranker.load(paths.reranker, device=device, backend="torch",
+                                 quantize="none")
+        return Reranker.load(paths.reranker, device=device)
     except (RerankError, OSError) as err:
         raise ArtifactsError(f"cannot load the reranker in {paths.reranker} ({err}); retrain "
                              f"it with `{paths.command_for('reranker')}`") from None

@@ -282,7 +282,7 @@ class Recommender:
                                                      r.titles)
                 rerank_scores[selected] = self.reranker.score(
                     context, state.texts[rows[selected]].tolist())
-                final = self.policy.blend(final, rerank_scores, selected)
+                final = self.policy.blend(final, rerank_scores, selected, r.n_item_events)
                 reranked = True
         elif use_rerank and self.reranker is None:
             command = (self.paths.command_for("reranker") if self.paths

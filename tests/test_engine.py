@@ -40,7 +40,8 @@ def check_result(result: dict, k: int) -> None:
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert result["segment"] in ("new_user", "cold_user", "warm_user")
     assert isinstance(result["reranked"], bool)
-    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total", "batch_size"}
+    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total",
+                                          "batch_size"}
     assert all(v >= 0 for v in result["timings_ms"].values())
     assert [item["rank"] for item in result["items"]] == list(range(1, k + 1))
     for item in result["items"]:

@@ -54,7 +54,8 @@ def run_query(argv: list[str], capsys: pytest.CaptureFixture, stdin: str = "") -
 def check_output(result: dict, k: int) -> None:
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert [item["rank"] for item in result["items"]] == list(range(1, k + 1))
-    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total", "batch_size"}
+    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total",
+                                          "batch_size"}
 
 
 @pytest.mark.parametrize("name", ["new_user", "cold_user", "warm_user"])

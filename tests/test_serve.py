@@ -38,7 +38,8 @@ def check_result(result: dict, k: int) -> None:
     """The DESIGN.md output contract."""
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert result["segment"] in ("new_user", "cold_user", "warm_user")
-    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total", "batch_size"}
+    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total",
+                                          "batch_size"}
     assert [item["rank"] for item in result["items"]] == list(range(1, k + 1))
     assert all(set(item) == ITEM_KEYS for item in result["items"])
 

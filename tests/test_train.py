@@ -83,22 +83,53 @@ def test_bad_data_path_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert len(err) == 1 and err[0].startswith("error: ") and "folder not found" in err[0]
 
 
-def test_reranker_stage_writes_model_and_tuned_blend(tiny_run: Path) -> None:
+def test_reranker_stage_writes_model_onnx_and_policy(tiny_run: Path) -> None:
     from engine.artifacts import ArtifactPaths
     from engine.loading import run_policy
 
     root = tiny_run.parent
     train.main([*TINY, f"artifacts_dir={root}", f"cache_dir={root}/cache", "run_name=tiny",
                 "stage=reranker", f"rerank.model_path={root / '_tiny_bert'}",
-                "rerank.max_train_examples=40", "rerank.max_valid_groups=12",
-                "rerank.max_steps=3", "rerank.batch_size=8", "rerank.max_length=32"])
-    blend = json.loads((tiny_run / "reranker" / "blend.json").read_text())
-    assert set(blend["valid_ndcg_at_10_by_alpha"]) >= {"0.0", "0.5", "1.0"}
-    best = blend["valid_ndcg_at_10_by_alpha"][str(blend["blend_alpha"])]
-    assert best == max(blend["valid_ndcg_at_10_by_alpha"].values())
-    assert run_policy(ArtifactPaths(tiny_run)).blend_alpha == blend["blend_alpha"]
+                "rerank.max_train_examples=40", "rerank.max_valid_groups=30",
+                "rerank.max_steps=3", "rerank.groups_per_step=4", "rerank.max_length=32"])
+    reranker_dir = tiny_run / "reranker"
+    assert (reranker_dir / "model" / "onnx" / "model.onnx").is_file()
+    assert list((reranker_dir / "model" / "onnx").glob("model_qint8_*.onnx"))
+    decision = json.loads((reranker_dir / "policy.json").read_text())
+    assert decision["rules"] and set(decision["rules"]) <= {"cold", "warm"}
+    for group, rule in decision["rules"].items():  # on exactly when the CI is above zero
+        evidence = decision["evidence"][group][rule["rule"]]
+        assert rule["enabled"] == (evidence["delta_ci"][0] > 0)
+    assert decision["decided_on"]["split"] == "valid"
+    assert run_policy(ArtifactPaths(tiny_run)).rules.keys() == decision["rules"].keys()
     metrics = json.loads((tiny_run / "reranker_metrics.json").read_text())
-    assert metrics["train_pairs"] > 0 and "valid_after" in metrics
+    assert metrics["train_groups"] > 0 and metrics["steps"] == 3
+    assert metrics["engine"] == "onnx-int8" and metrics["pair_lengths"]["pairs"] > 0
+
+
+def test_reranker_training_groups_contain_no_held_out_or_unseen_item() -> None:
+    from engine.rerank_stage import training_groups
+    from recdata import catalogue_texts, load_dataset, split_dataset
+
+    split = split_dataset(load_dataset("synthetic", n_items=150, n_users=80, seed=0),
+                          new_item_share=0.2, distinct_targets=True)
+    unseen = {str(i) for i, p in split.item_popularity.items() if p == 0}
+    banned = set(split.new_items) | unseen
+    assert split.new_items and unseen - split.new_items  # both kinds are present
+    ids = split.catalogue["item_id"].astype(str).tolist()
+    texts = dict(zip(ids, catalogue_texts(split.catalogue)))
+    titles = dict(zip(ids, split.catalogue["title"]))
+    # an unmasked source: every catalogue item, the banned ones first
+    everything = sorted(ids, key=lambda i: i not in banned)
+    rcfg = {"candidates_n": len(ids), "n_hard": 10, "n_random": 5, "context_max_events": 5,
+            "max_train_examples": None}
+    rows, negatives, groups = training_groups(split, {"all": lambda r, n: [everything] * len(r)},
+                                              texts, titles, rcfg, seed=0)
+    assert len(groups) == len(rows) > 0 and all(len(n) == 15 for n in negatives)
+    for target, history, negs in zip(rows["target"], rows["hist_items"], negatives):
+        assert str(target) not in banned
+        assert not {str(i) for i in history if i is not None} & set(split.new_items)
+        assert not set(negs) & banned
 
 
 def test_unknown_stage_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
