@@ -35,6 +35,7 @@ import pandas as pd
 from engine import edits, loading
 from engine.artifacts import ArtifactPaths
 from engine.catalogue import CatalogueState
+from engine.counts import InteractionCounts
 from engine.encoding import SessionEncoder
 from engine.errors import ArtifactsError, SessionError
 from engine.explain import (
@@ -63,6 +64,15 @@ SOURCES_REPORTED = ("towers", "bm25", "zero_shot", "popularity", "fresh", "sessi
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
+
+
+def _popular_reason(trained: int, item_id: str, counts: InteractionCounts | None) -> str:
+    if counts is None:
+        return f"popular with shoppers ({trained} interactions)"
+    total, recent = counts.get(item_id)
+    hours = counts.window_s // 3600
+    return (f"popular with shoppers ({trained + total} interactions, {recent} in the last "
+            f"{hours} h)")
 
 
 class Recommender:
@@ -94,6 +104,8 @@ class Recommender:
         self._use_gpu = use_gpu
         self._state = CatalogueState.from_frame(catalogue)
         self._lock = threading.RLock()
+        # live interaction counts (engine.counts), set by the service; the fallback uses them
+        self.counts: InteractionCounts | None = None
         self._tower_texts = getattr(model.item_tower, "item_texts", None)
         self.ranking_parts, self.scorer_name = ranking, scorer
         self.candidates = candidates
@@ -172,6 +184,12 @@ class Recommender:
     def n_items(self) -> int:
         """Items the index can return."""
         return len(self.index)
+
+    def popular_ids(self) -> tuple[str, ...]:
+        """Items by popularity: live counts first when attached (``engine.counts``), else
+        training popularity; what the fallback's "popular" slots draw from."""
+        state = self._state
+        return self.counts.popular_order(state) if self.counts is not None else state.popular_ids
 
     def info(self) -> dict[str, Any]:
         """What is loaded (for health endpoints and logs)."""
@@ -385,7 +403,9 @@ class Recommender:
 
     def _fallback(self, r: ResolvedSession, state: CatalogueState) -> dict:
         excluded = set(r.exclude)
-        popular = (i for i in state.popular_ids if i not in excluded and i in self.index)
+        counts = self.counts
+        ranked = counts.popular_order(state) if counts is not None else state.popular_ids
+        popular = (i for i in ranked if i not in excluded and i in self.index)
         fresh = (i for i in state.fresh_ids if i not in excluded and i in self.index)
         chosen: dict[str, str] = {}
         while len(chosen) < r.k:
@@ -402,7 +422,7 @@ class Recommender:
         items = []
         for rank, (item_id, kind) in enumerate(chosen.items(), start=1):
             row = state.row_of[item_id]
-            reason = (f"popular with shoppers ({int(state.popularity[row])} interactions)"
+            reason = (_popular_reason(int(state.popularity[row]), item_id, counts)
                       if kind == "popular" else "new in the catalogue")
             items.append({"rank": rank, "item_id": item_id, "title": str(state.titles[row]),
                           "score": round(1.0 - (rank - 1) / r.k, 6), "retrieval_score": None,

@@ -11,7 +11,17 @@
   ``DELETE /items/{item_id}`` (ids may contain ``/``) — live catalogue edits, committed to the
   artifacts directory as one generation (``engine.edits``: the path of ``build_index.py
   add=/remove=`` too, under the same writer lock) before the answer, so a restart keeps them.
+- ``POST /events`` (one event or ``{"events": [...]}``) — shop events into the durable event
+  log (``serve/events.py``: user ids keyed-hashed, search text dropped, fsync before the
+  answer) and the live interaction counts; ``DELETE /users/{user_id}`` removes a user's
+  events from the log and says what it does not undo.
+- ``GET /ui/`` — the page to try it (``serve/web.py``, static files in ``serve/web/``), with
+  ``POST /catalogue/search``, ``GET /ui/examples`` and ``GET /ui/reports``.
 - ``GET /healthz`` — liveness, artifacts loaded, index size (never needs a key).
+
+With ``reload_every_s`` (``python -m serve --reload-every``, default 5 s) a watcher thread
+(``serve/reload.py``) loads towers committed by ``python -m pipeline.refresh`` beside the
+served ones and swaps them in with one assignment: no restart, no failed request.
 - ``GET /metrics`` — Prometheus text: requests by route/status, latency per route and per engine
   stage (encode/search/rerank/total), recommendations by user segment, index size.
 - ``GET /openapi.json``, ``/docs`` — the schema with the request/response models.

@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from engine.artifacts import ArtifactPaths
 from engine.loading import log_to_stderr, quiet_libraries
 from query import positive_int
+from recdata.eventlog import LOG_FILE, EventLog
 from serve.auth import AuthConfigError, keys_from_env, keys_from_file
+from serve.privacy import USER_KEY_ENV, UserKeyError, key_from_env, key_from_file
 
 DEFAULT_ARTIFACTS = "artifacts/demo"
 DEFAULT_HOST = "127.0.0.1"
@@ -28,6 +31,7 @@ DEFAULT_MAX_BATCH = 256
 DEFAULT_ENGINE_THREADS = 2
 DEFAULT_TORCH_THREADS = 1
 DEFAULT_MAX_RESULTS = 10_000
+DEFAULT_RELOAD_EVERY_S = 5.0  # serve.reload's default, repeated to keep imports light
 
 
 def port_number(text: str) -> int:
@@ -68,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-results", type=positive_int, default=DEFAULT_MAX_RESULTS,
                         help="items one request may ask for in all, k x sessions (default "
                              f"{DEFAULT_MAX_RESULTS})")
+    parser.add_argument("--event-log", default=None, metavar="DIR",
+                        help="folder of the event log POST /events appends to (default "
+                             "<artifacts>/events)")
+    parser.add_argument("--no-event-log", action="store_true",
+                        help="no event log: /events and /users answer 503, no live counts")
+    parser.add_argument("--user-key-file", default=None, metavar="PATH",
+                        help=f"HMAC key that pseudonymises user ids (created when missing; "
+                             f"never inside the artifacts); default: ${USER_KEY_ENV}, and "
+                             "without either, events are refused")
+    parser.add_argument("--reload-every", type=float, default=DEFAULT_RELOAD_EVERY_S,
+                        metavar="SECONDS",
+                        help="poll the artifacts this often; newly committed towers (python -m "
+                             "pipeline.refresh) are loaded and swapped in without a restart "
+                             f"(default {DEFAULT_RELOAD_EVERY_S:g}; 0: never)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     return parser
@@ -78,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_to_stderr(args.log_level.upper(), "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.reload_every < 0:
+            raise ValueError(f"--reload-every must be >= 0 seconds (0: never), got "
+                             f"{args.reload_every:g}")
         api_keys = keys_from_env()
         if args.api_keys_file:
             api_keys |= keys_from_file(args.api_keys_file)
@@ -90,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "auth (anyone who can reach the port may edit the catalogue)")
         paths = ArtifactPaths(args.artifacts)
         paths.check(("towers", "catalogue", "index"))
+        user_key = (key_from_file(args.user_key_file, paths.root) if args.user_key_file
+                    else key_from_env())
+        event_dir = None if args.no_event_log else Path(args.event_log or paths.root / "events")
         paths.check_index_matches_towers()
         from engine.state import check_run
 
@@ -104,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
         state_store(paths.root).tidy()  # what a killed writer left (skipped if one is writing)
         recommender = Recommender.from_artifacts(paths.root, rerank=not args.no_rerank)
-    except (AuthConfigError, ValueError) as err:  # engine errors are ValueError subclasses
+        # opened (locked, torn tail recovered) before uvicorn, so a second writer fails here
+        event_log = EventLog.open(event_dir / LOG_FILE) if event_dir is not None else None
+    except (AuthConfigError, UserKeyError, ValueError) as err:  # engine errors: ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
     import uvicorn
@@ -114,12 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(recommender=recommender, api_keys=api_keys,
                      max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                      engine_threads=args.engine_threads, torch_threads=args.torch_threads,
-                     max_results=args.max_results)
-    logging.getLogger(__name__).info(
-        "serving %s on http://%s:%d (auth %s)", paths.root, args.host, args.port,
-        "on" if api_keys else "OFF (--no-auth)")
+                     max_results=args.max_results, event_log=event_log, user_key=user_key,
+                     reload_every_s=args.reload_every or None)
+    logger = logging.getLogger(__name__)
+    logger.info("serving %s on http://%s:%d (auth %s); the page: http://%s:%d/ui/", paths.root,
+                args.host, args.port, "on" if api_keys else "OFF (--no-auth)", args.host,
+                args.port)
+    if event_log is not None and user_key is None:
+        logger.warning("no user-id key (%s or --user-key-file): POST /events is refused",
+                       USER_KEY_ENV)
+    # uvicorn's access log prints raw paths and query strings (user ids, search words): off;
+    # serve.metrics logs route templates at debug level instead
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level,
-                access_log=args.log_level == "debug")
+                access_log=False)
     return 0
 
 

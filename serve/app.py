@@ -33,8 +33,10 @@ from engine.errors import (
 )
 from engine.recommender import DEFAULT_K, Recommender
 from engine.session import Session
+from recdata.eventlog import EventLog
 from serve.auth import API_KEY_HEADER, ApiKeyCheck, ApiKeyMiddleware, keys_from_env
 from serve.items import add_item_routes
+from serve.events import EventsService, add_event_routes
 from serve.metrics import RequestMiddleware, ServeMetrics
 from serve.models import (
     REQUEST_MODELS,
@@ -48,6 +50,8 @@ from serve.models import (
     read_json,
     unprocessable,
 )
+from serve.privacy import Pseudonymizer
+from serve.reload import reload_watcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -132,13 +136,23 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
                max_items: int = DEFAULT_MAX_ITEMS, engine_threads: int = DEFAULT_ENGINE_THREADS,
                torch_threads: int | None = None, max_results: int = DEFAULT_MAX_RESULTS,
-               lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> FastAPI:
+               lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
+               event_log: str | Path | EventLog | None = None,
+               user_key: bytes | None = None, web: bool = True,
+               reload_every_s: float | None = None) -> FastAPI:
     """The app over ``recommender``, or over ``artifacts`` loaded once at start-up (lifespan).
 
     ``api_keys``: None reads ``FIRSTCLICK_API_KEYS`` (set but without a usable key:
     AuthConfigError); an empty set turns auth off, explicitly (logged as a warning).
     ``torch_threads``: when set, ``torch.set_num_threads`` at start-up (process-wide).
     ``max_results``: items one request may ask for in all (k x sessions).
+    ``event_log``: the folder of the event log (``<artifacts>/events``, or an opened
+    ``EventLog``) that ``POST /events`` appends to and the live counts are rebuilt from; None:
+    no log (those routes answer 503).
+    ``user_key``: the HMAC key user ids are pseudonymised with (``serve.privacy``); None:
+    events are refused (503), since raw ids must not be stored. ``web``: serve the page (/ui/).
+    ``reload_every_s``: poll the artifacts this often and swap in newly committed towers
+    (``serve.reload``; ``python -m pipeline.refresh``); None: never.
     """
     if artifacts is None and recommender is None:
         raise ValueError("create_app needs artifacts= (a run directory) or recommender=")
@@ -157,6 +171,11 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
         rerank=rerank, auth=ApiKeyCheck(keys), max_body_bytes=max_body_bytes,
         max_batch=max_batch, max_items=max_items, engine_threads=engine_threads,
         torch_threads=torch_threads, max_results=max_results, lock_wait_s=lock_wait_s)
+    events = EventsService(pseudonymizer=Pseudonymizer(user_key) if user_key else None)
+    if isinstance(event_log, EventLog):
+        events.log = event_log
+    elif event_log is not None:
+        events.log_dir = Path(event_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -174,8 +193,19 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
                 partial(Recommender.from_artifacts, state.artifacts, rerank=state.rerank))
         state.limiter = anyio.CapacityLimiter(state.engine_threads)
         state.metrics.track_index_size(lambda: state.recommender.n_items)
+        counts = await anyio.to_thread.run_sync(events.open)
+        if counts is not None:
+            state.recommender.counts = counts
+        watcher = reload_watcher(state, events, reload_every_s)
+        if watcher is not None:
+            watcher.start()
         log.info("serving %s", state.recommender.info())
-        yield
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            events.close()
 
     app = FastAPI(title=TITLE, version="0.1.0", lifespan=lifespan, responses=ERRORS,
                   description="Cold-start recommendations over one artifacts directory: "
@@ -184,6 +214,11 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
     app.add_middleware(ApiKeyMiddleware, check=state.auth)  # inner: runs after the one below
     app.add_middleware(RequestMiddleware, metrics=state.metrics, routes=app.router.routes)
     _add_routes(app, state)
+    add_event_routes(app, events, lambda: state.engine, state.max_body_bytes)
+    if web:
+        from serve.web import add_web_routes
+
+        add_web_routes(app, lambda: state.engine)
     app.openapi = partial(_openapi, app, state.auth)  # type: ignore[method-assign]
     return app
 

@@ -23,7 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 API_KEY_HEADER = "X-API-Key"
 API_KEYS_ENV = "FIRSTCLICK_API_KEYS"
 UNAUTHORIZED_DETAIL = "missing or invalid API key"
-OPEN_PATHS: frozenset[str] = frozenset({"/healthz"})
+OPEN_PATHS: frozenset[str] = frozenset({"/healthz", "/"})
+# the web page's own files, examples and benchmark reports: public, they hold no shop data
+OPEN_PREFIXES: tuple[str, ...] = ("/ui/",)
 
 
 class AuthConfigError(ValueError):
@@ -83,7 +85,7 @@ class ApiKeyCheck:
         return bool(self._keys)
 
     def required_for(self, path: str) -> bool:
-        return self.enabled and path not in OPEN_PATHS
+        return self.enabled and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 
     def allows(self, presented: bytes | None) -> bool:
         """True when ``presented`` equals one of the keys; compares against all of them."""
@@ -101,9 +103,10 @@ class ApiKeyCheck:
 
 
 class ApiKeyMiddleware:
-    """ASGI middleware: with keys configured, every path but /healthz needs a valid key; the
-    401 body is the same for a missing and a wrong key. Before routing, so an unauthenticated
-    client learns nothing about which paths exist."""
+    """ASGI middleware: with keys configured, every path but /healthz and the page's files
+    (OPEN_PATHS, OPEN_PREFIXES) needs a valid key; the 401 body is the same for a missing and a
+    wrong key. Before routing, so an unauthenticated client learns nothing about which paths
+    exist."""
 
     def __init__(self, app: ASGIApp, check: ApiKeyCheck) -> None:
         self.app = app

@@ -106,8 +106,9 @@ def route_label(scope: Scope, routes: Sequence[BaseRoute]) -> str:
 
 class RequestMiddleware:
     """Outermost ASGI middleware: a request id per request (``X-Request-ID``, kept when the
-    client sent a sane one), count and latency per route, and any exception that escaped the
-    app turned into a 500 JSON body naming the request id (logged with its traceback)."""
+    client sent a sane one), count and latency per route, an access log line (debug level; route
+    template only), and any exception that escaped the app turned into a 500 JSON body naming
+    the request id (logged with its traceback)."""
 
     def __init__(self, app: ASGIApp, metrics: ServeMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
@@ -137,8 +138,9 @@ class RequestMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("request %s %s %s failed", request_id, scope["method"], scope["path"])
+        except Exception:  # the route template, never the raw path (it may hold a user id)
+            log.exception("request %s %s %s failed", request_id, scope["method"],
+                          route_label(scope, self.routes))
             status = 500
             if not started:
                 response = JSONResponse(
@@ -147,5 +149,9 @@ class RequestMiddleware:
                 await response(scope, receive, send)
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.observe_request(route_label(scope, self.routes), scope["method"], status,
-                                         time.perf_counter() - start)
+            route, seconds = route_label(scope, self.routes), time.perf_counter() - start
+            self.metrics.observe_request(route, scope["method"], status, seconds)
+            # the access log: route template, status, time; no path values, query strings or
+            # bodies (they may hold user ids, search words, session contents)
+            log.debug("%s %s %d %.1f ms id=%s", scope["method"], route, status, seconds * 1e3,
+                      request_id)

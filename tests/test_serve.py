@@ -397,7 +397,8 @@ def test_cli_serves_the_loaded_artifacts(tiny_artifacts: Path, tmp_path: Path,
     keys = tmp_path / "keys"
     keys.write_text("s3cret\n")
     status, _ = run_main(["--artifacts", str(tiny_artifacts), "--port", "8123", "--no-rerank",
-                          "--api-keys-file", str(keys), "--log-level", "error"])
+                          "--api-keys-file", str(keys), "--log-level", "error",
+                          "--no-event-log"])  # tiny_artifacts is shared and read-only
     assert status == 0
     [call] = calls
     assert (call["host"], call["port"], call["workers"]) == ("127.0.0.1", 8123, 1)
