@@ -1,6 +1,6 @@
 """``python query.py --session s.json``: recommendations for a session, with reasons.
 
-``--session`` takes a JSON session (docs/architecture.md), a JSON list of sessions, a ``.jsonl`` file (one
+``--session`` takes a session (README "Contracts"), a JSON list of sessions, a ``.jsonl`` file (one
 session per line, one result per line), or ``-`` for stdin. Output: the result JSON on stdout
 (``--pretty`` for a readable list; ``--timings`` adds a per-stage summary on stderr).
 

@@ -1,7 +1,8 @@
 """Retrieval losses of the two-tower model: what each optimises, and why.
 
 Both take L2-normalised user and item vectors and a temperature ``T`` (0.07 beat 0.2 by ~0.016
-R@10, docs/architecture.md, Lessons). ``needs_catalogue`` tells the training module which inputs to build.
+R@10, docs/architecture.md, Lessons).
+``needs_catalogue`` tells the training module which inputs to build.
 """
 
 from __future__ import annotations
@@ -149,8 +150,8 @@ class FullSoftmaxLoss(nn.Module):
     ~30% more time per epoch (docs/architecture.md, Lessons).
 
     ``exclude_mask`` (n_items,) bool removes items from the softmax: the held-out **new items**
-    must never be negatives, or training pushes them down at every step (docs/architecture.md, Lessons; new-item R@10
-    fell from 0.117 to 0.076).
+    must never be negatives, or training pushes them down at every step
+    (docs/architecture.md, Lessons).
 
     ``mask_history`` also removes each row's own session items (``history_idx``) from its
     softmax, the row's target excepted. Evaluation and serving never rank a session's items
