@@ -78,7 +78,7 @@ def train_towers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                      cfg.train.exclude_unseen_negatives)
     module = TwoTowerModule(
         item_tower, user_tower, hydra.utils.instantiate(cfg.loss), item_ids=dm.item_ids,
-        item_popularity=dm.item_popularity, new_item_mask=never_negative,
+        item_popularity=dm.item_popularity, never_negative_mask=never_negative,
         long_tail_mask=dm.long_tail_mask, valid_examples=dm.valid, test_examples=dm.test,
         lr=cfg.train.lr, bert_lr=cfg.train.bert_lr, weight_decay=cfg.train.weight_decay,
         warmup_ratio=cfg.train.warmup_ratio, max_steps=steps, min_lr_ratio=cfg.train.min_lr_ratio,

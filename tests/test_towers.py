@@ -100,7 +100,7 @@ def _module(item_tower, dm: SessionDataModule, loss=None, **user_kwargs) -> TwoT
     user = UserTower(item_tower.dim, max_seq_len=dm.max_seq_len, dropout=0.0, **user_kwargs)
     return TwoTowerModule(item_tower, user, loss or FullSoftmaxLoss(),
                           item_ids=dm.item_ids, item_popularity=dm.item_popularity,
-                          new_item_mask=dm.new_item_mask, long_tail_mask=dm.long_tail_mask,
+                          never_negative_mask=dm.new_item_mask, long_tail_mask=dm.long_tail_mask,
                           valid_examples=dm.valid, test_examples=dm.test, max_steps=100)
 
 
@@ -123,40 +123,46 @@ def _ce(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def test_in_batch_logq_shifts_logits_by_minus_log_q() -> None:
     user, item = _unit(3, 4, seed=1), _unit(3, 4, seed=2)
+    ids = torch.tensor([0, 1, 2])
     log_q = torch.log(torch.tensor([0.5, 0.3, 0.2]))
     loss_fn = InBatchSoftmaxLoss(temperature=0.1)
-    logits = loss_fn.logits(user, item, torch.tensor([0, 1, 2]), log_q)
+    logits, labels = loss_fn.logits(user, item, ids, ids, log_q)
     expected = (user @ item.T).numpy() / 0.1 - np.log([0.5, 0.3, 0.2])[None, :]
     np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-5)
-    loss = loss_fn(user, item, torch.tensor([0, 1, 2]), log_q)
+    assert labels.tolist() == [0, 1, 2]
+    loss = loss_fn(user, item, ids, ids, log_q)
     assert loss.item() == pytest.approx(_ce(expected, np.arange(3)), rel=1e-5)
     plain = InBatchSoftmaxLoss(temperature=0.1, logq_correction=False)
-    assert plain(user, item, torch.tensor([0, 1, 2])).item() == pytest.approx(
+    assert plain(user, item, ids, ids).item() == pytest.approx(
         _ce((user @ item.T).numpy() / 0.1, np.arange(3)), rel=1e-5)
     with pytest.raises(TowerError, match="log_q"):
-        loss_fn(user, item, torch.tensor([0, 1, 2]))
+        loss_fn(user, item, ids, ids)
 
 
 def test_in_batch_masks_accidental_hits_and_appends_mixed_negatives() -> None:
     user, item, mixed = _unit(3, 4, seed=3), _unit(3, 4, seed=4), _unit(2, 4, seed=5)
     item_idx, mixed_idx = torch.tensor([5, 7, 5]), torch.tensor([7, 9])
     loss_fn = InBatchSoftmaxLoss(temperature=0.5, logq_correction=True, n_mixed_negatives=2)
-    log_q = torch.zeros(3)
-    logits = loss_fn.logits(user, item, item_idx, log_q, mixed, mixed_idx, math.log(0.25))
-    assert logits.shape == (3, 5)
+    cand = torch.cat([item, mixed])
+    cand_ids = torch.cat([item_idx, mixed_idx])
+    log_q = torch.tensor([0.0, 0.0, 0.0, math.log(0.25), math.log(0.25)])
+    logits, labels = loss_fn.logits(user, cand, cand_ids, item_idx, log_q)
+    assert logits.shape == (3, 5) and labels.tolist() == [0, 1, 2]
     assert torch.isinf(logits[0, 2]) and torch.isinf(logits[2, 0])  # same item 5: not a negative
-    assert torch.isfinite(logits.diagonal()).all()
+    assert torch.isfinite(logits[:, :3].diagonal()).all()
     assert torch.isinf(logits[1, 3]) and torch.isfinite(logits[0, 3])  # mixed 7 = row 1's positive
     np.testing.assert_allclose(logits[0, 4].item(), (user[0] @ mixed[1]).item() / 0.5
                                - math.log(0.25), rtol=1e-5)
-    loss = loss_fn(user, item, item_idx, log_q, mixed, mixed_idx, math.log(0.25))
+    loss = loss_fn(user, cand, cand_ids, item_idx, log_q)
     assert loss.item() == pytest.approx(_ce(logits.numpy(), np.arange(3)), rel=1e-5)
 
 
-def test_full_softmax_excludes_masked_new_items() -> None:
+def test_full_softmax_excludes_never_negatives() -> None:
     user, items = _unit(2, 4, seed=6), _unit(5, 4, seed=7).requires_grad_(True)
+    ids = torch.arange(5)
     exclude = torch.tensor([False, False, True, False, True])
-    loss = FullSoftmaxLoss(temperature=0.2)(user, items, torch.tensor([0, 3]), exclude)
+    loss = FullSoftmaxLoss(temperature=0.2)(user, items, ids, torch.tensor([0, 3]),
+                                            never_negative=exclude)
     raw = (user @ items.detach().T).numpy() / 0.2
     expected = _ce(raw[:, [0, 1, 3]], np.array([0, 2]))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -164,26 +170,43 @@ def test_full_softmax_excludes_masked_new_items() -> None:
     assert items.grad[[2, 4]].abs().sum() == 0  # excluded items get no push at all
     assert items.grad[[0, 1, 3]].abs().sum() > 0
     with pytest.raises(TowerError, match="excluded"):
-        FullSoftmaxLoss()(user, items, torch.tensor([2, 0]), exclude)
+        FullSoftmaxLoss()(user, items, ids, torch.tensor([2, 0]), never_negative=exclude)
+    with pytest.raises(TowerError, match="not among the candidates"):
+        FullSoftmaxLoss()(user, items[:3], ids[:3], torch.tensor([4, 0]))
+
+
+def test_candidate_ids_not_positions_decide_the_target_column() -> None:
+    """Candidates in any order (a table of allowed items, then extras): the target's column is
+    found by id, and the loss equals the one over the same items in catalogue order."""
+    user, items = _unit(2, 4, seed=13), _unit(6, 4, seed=14)
+    order = torch.tensor([4, 0, 5, 2, 1, 3])
+    target = torch.tensor([2, 5])
+    history = torch.tensor([[1, 5, -1], [0, 0, 3]])
+    loss_fn = FullSoftmaxLoss(temperature=0.3, mask_history=True)
+    shuffled = loss_fn(user, items[order], order, target, history_idx=history)
+    plain = loss_fn(user, items, torch.arange(6), target, history_idx=history)
+    assert shuffled.item() == pytest.approx(plain.item(), rel=1e-6)
 
 
 def test_history_masking_removes_session_items_but_not_the_target() -> None:
     user, items = _unit(2, 4, seed=8), _unit(6, 4, seed=9)
+    ids = torch.arange(6)
     target = torch.tensor([1, 4])
     history = torch.tensor([[1, 2, 3], [5, -1, -1]])  # row 0 repeats its target 1
     raw = (user @ items.T).numpy() / 0.2
-    loss = FullSoftmaxLoss(temperature=0.2, mask_history=True)(user, items, target,
+    loss = FullSoftmaxLoss(temperature=0.2, mask_history=True)(user, items, ids, target,
                                                                history_idx=history)
     expected = (_ce(raw[:1, [0, 1, 4, 5]], np.array([1]))  # 2, 3 masked, target 1 kept
                 + _ce(raw[1:, [0, 1, 2, 3, 4]], np.array([4]))) / 2  # 5 masked
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    off = FullSoftmaxLoss(temperature=0.2)(user, items, target, history_idx=history)
+    off = FullSoftmaxLoss(temperature=0.2)(user, items, ids, target, history_idx=history)
     assert off.item() == pytest.approx(_ce(raw, target.numpy()), rel=1e-5)
     # in-batch: row 0's session holds item 7, row 1's positive, and mixed item 9
     u, v, m = _unit(2, 4, seed=10), _unit(2, 4, seed=11), _unit(2, 4, seed=12)
     in_batch = InBatchSoftmaxLoss(temperature=0.5, logq_correction=False, mask_history=True)
-    logits = in_batch.logits(u, v, torch.tensor([5, 7]), None, m, torch.tensor([9, 8]), None,
-                             history_idx=torch.tensor([[7, 9, 5], [-1, -1, 3]]))
+    logits, _ = in_batch.logits(u, torch.cat([v, m]), torch.tensor([5, 7, 9, 8]),
+                                torch.tensor([5, 7]),
+                                history_idx=torch.tensor([[7, 9, 5], [-1, -1, 3]]))
     assert torch.isinf(logits[0, 1]) and torch.isinf(logits[0, 2])
     assert torch.isfinite(logits[0, 0]) and torch.isfinite(logits[0, 3])  # own positive kept
     assert torch.isfinite(logits[1]).all()

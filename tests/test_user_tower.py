@@ -220,7 +220,7 @@ def test_loss_over_allowed_items_equals_the_masked_whole_catalogue_loss(hidden_d
     never[[1, 4, 9]] = True  # never negatives; item 4 also sits in a history
     module = TwoTowerModule(IdItemTower(dim=DIM, n_items=12),
                             _trained_like(UserTower(DIM, max_seq_len=SEQ, hidden_dim=hidden_dim)),
-                            FullSoftmaxLoss(mask_history=True), new_item_mask=never.numpy(),
+                            FullSoftmaxLoss(mask_history=True), never_negative_mask=never.numpy(),
                             max_steps=10).eval()
     batch = {"hist_item_idx": torch.tensor([[3, 4, 5, -1, -1, -1], [0, 2, 2, 7, 8, 6]]),
              "hist_query_idx": torch.full((2, SEQ), -1),
@@ -241,8 +241,8 @@ def test_loss_over_allowed_items_equals_the_masked_whole_catalogue_loss(hidden_d
     fast_grads = torch.autograd.grad(fast, list(module.parameters()), allow_unused=True)
     table = tower.all_item_emb()
     user = module.model.user_emb(batch, item_lookup=lambda idx: table[idx])
-    plain = module.loss(user, table, batch["target_idx"], exclude_mask=never,
-                        history_idx=batch["hist_item_idx"])
+    plain = module.loss(user, table, torch.arange(12), batch["target_idx"],
+                        never_negative=never, history_idx=batch["hist_item_idx"])
     torch.testing.assert_close(fast, plain)
     plain_grads = torch.autograd.grad(plain, list(module.parameters()), allow_unused=True)
     for got, want in zip(fast_grads, plain_grads):

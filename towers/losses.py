@@ -1,8 +1,9 @@
 """Retrieval losses of the two-tower model: what each optimises, and why.
 
-Both take L2-normalised user and item vectors and a temperature ``T`` (0.07 beat 0.2 by ~0.016
-R@10, docs/architecture.md, Lessons).
-``needs_catalogue`` tells the training module which inputs to build.
+One interface (:class:`RetrievalLoss`, as TFRS's retrieval task): user vectors, candidate
+vectors, candidate ids, target ids, optional log-q, history and never-negative masks, built from
+small logit transforms. The losses differ only in the candidates they are given
+(``negatives``): the catalogue, or the batch (+ uniform draws).
 """
 
 from __future__ import annotations
@@ -20,52 +21,88 @@ def _check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
-def history_mask(history_idx: torch.Tensor, n_items: int, target_idx: torch.Tensor) -> torch.Tensor:
-    """(B, n_items) bool: True at each row's history items (``history_idx`` (B, L), -1 = padding),
-    except the row's own target (a repeated item stays a valid positive)."""
-    batch = history_idx.shape[0]
-    mask = torch.zeros(batch, n_items + 1, dtype=torch.bool, device=history_idx.device)
-    cols = torch.where(history_idx >= 0, history_idx, torch.full_like(history_idx, n_items))
-    mask.scatter_(1, cols, True)
-    mask = mask[:, :n_items]
-    mask[torch.arange(batch, device=mask.device), target_idx] = False
-    return mask
+# ---- logit transforms: each takes and returns (B, C) logits over C candidates ----------------
+def positive_columns(cand_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    """(B,) the candidate column of each row's target. Candidates laid out as the batch's own
+    targets first (in-batch: ``cand_ids[:B] == target_ids``) give row i column i; otherwise the
+    column holding the target's id. A target that is no candidate raises TowerError."""
+    batch = target_ids.shape[0]
+    if cand_ids.shape[0] >= batch and bool((cand_ids[:batch] == target_ids).all()):
+        return torch.arange(batch, device=cand_ids.device)
+    match = target_ids.unsqueeze(1) == cand_ids.unsqueeze(0)  # (B, C)
+    if not bool(match.any(dim=1).all()):
+        raise TowerError("a training target is not among the candidates: an excluded (new) "
+                         "item, which must not be a training target, or candidates that miss "
+                         "a target (they must hold the catalogue rows, or the batch's targets)")
+    return match.int().argmax(dim=1)  # the first matching column
 
 
-class InBatchSoftmaxLoss(nn.Module):
-    """Sampled softmax over in-batch negatives, with logQ correction, accidental-hit masking and
-    optional mixed (uniformly sampled) negatives.
+def correct_log_q(logits: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """logQ correction (Yi et al., RecSys 2019): subtract each candidate's log sampling
+    probability ``log_q`` (C,), so a sampled softmax approximates the full one."""
+    return logits - log_q.unsqueeze(0)
 
-    For row i (user ``u_i``, positive item ``v_i``) it minimises ``-log softmax_i(s_i.)`` with
-    ``s_ij = u_i . v_j / T - log q_j`` over the batch's positives j (plus M extra columns of
-    uniformly sampled items). Row i's positive is column i, so labels = arange(B).
 
-    - **logQ correction** (Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus
-      Item Recommendations", RecSys 2019): in-batch negatives are drawn with the items'
-      popularity, so popular items are over-penalised; subtracting ``log q_j`` (q = the item's
-      sampling probability) corrects the sampled softmax towards the full one. It applies to
-      every column, the positive included.
-    - **Accidental hits**: another row whose positive is the same item as row i's is not a
-      negative for row i; its column is set to -inf in row i.
-    - **Mixed negatives** (Yang et al., "Mixed Negative Sampling for Learning Two-tower Neural
-      Networks in Recommendations", WWW 2020): uniformly sampled catalogue items reach the long
-      tail that popularity-sampled in-batch negatives rarely contain. When mixing, both pools'
-      ``log_q`` must be on one scale: the expected number of draws per batch, ``log(B p_j)`` for
-      in-batch items and ``log(M / N)`` for uniform ones (``TwoTowerModule`` passes these).
+def mask_accidental_hits(logits: torch.Tensor, cand_ids: torch.Tensor, target_ids: torch.Tensor,
+                         labels: torch.Tensor) -> torch.Tensor:
+    """A column holding the row's target item, other than its positive column, is no negative."""
+    hits = target_ids.unsqueeze(1) == cand_ids.unsqueeze(0)  # (B, C)
+    hits[torch.arange(len(labels), device=labels.device), labels] = False
+    return logits.masked_fill(hits, float("-inf"))
 
-    - **History masking** (``mask_history``): items already in row i's session are not
-      negatives for row i (see ``FullSoftmaxLoss``).
 
-    Keep this loss for catalogues whose vectors are too costly to compute in full each step;
-    otherwise ``FullSoftmaxLoss`` is better (docs/architecture.md, Lessons).
+def history_columns(cand_ids: torch.Tensor, history_idx: torch.Tensor) -> torch.Tensor:
+    """(B, C) bool: True where the candidate is one of the row's session items (``history_idx``
+    (B, L), -1 = padding). Unique candidate ids (a catalogue table) take a sorted lookup and a
+    scatter, (B, L) work; repeated ids (in-batch) a (B, L, C) comparison."""
+    batch, n_cand = history_idx.shape[0], cand_ids.shape[0]
+    order = torch.argsort(cand_ids)
+    ordered = cand_ids[order]
+    if n_cand and bool((ordered[1:] != ordered[:-1]).all()):
+        pos = torch.searchsorted(ordered, history_idx.clamp(min=0)).clamp(max=max(n_cand - 1, 0))
+        found = (ordered[pos] == history_idx) & (history_idx >= 0)
+        cols = torch.where(found, order[pos], torch.full_like(pos, n_cand))
+        mask = torch.zeros(batch, n_cand + 1, dtype=torch.bool, device=cand_ids.device)
+        mask.scatter_(1, cols, True)
+        return mask[:, :n_cand]
+    return (history_idx.unsqueeze(2) == cand_ids.view(1, 1, -1)).any(dim=1)
+
+
+def mask_history(logits: torch.Tensor, cand_ids: torch.Tensor, history_idx: torch.Tensor,
+                 target_ids: torch.Tensor) -> torch.Tensor:
+    """The row's session items are not its negatives; its target stays (a repeat is a valid
+    positive)."""
+    seen = history_columns(cand_ids, history_idx)
+    seen &= target_ids.unsqueeze(1) != cand_ids.unsqueeze(0)
+    return logits.masked_fill(seen, float("-inf"))
+
+
+def mask_never_negatives(logits: torch.Tensor, never_negative: torch.Tensor,
+                         labels: torch.Tensor) -> torch.Tensor:
+    """Candidates in ``never_negative`` (C,) bool (held-out / never-interacted items) sit at -inf
+    for every row; a row whose positive is one of them raises TowerError."""
+    if bool(never_negative[labels].any()):
+        raise TowerError("a training target is an excluded (new) item; new items must not "
+                         "be training targets: drop them from the training examples")
+    return logits.masked_fill(never_negative.unsqueeze(0), float("-inf"))
+
+
+class RetrievalLoss(nn.Module):
+    """Softmax cross-entropy of each row's target among candidate items, as TFRS's retrieval
+    task: ``loss(user_emb, cand_emb, cand_ids, target_ids, log_q=, history_idx=,
+    never_negative=)`` with L2-normalised (B, dim) users and (C, dim) candidates. The logits
+    ``u . v / T`` pass through the transforms above: logQ correction (when ``logq_correction``),
+    accidental hits, the history mask (when ``mask_history``), never-negatives.
+
+    ``negatives`` names the candidates the training module builds: ``"catalogue"`` (every item
+    that may be a negative, :class:`FullSoftmaxLoss`) or ``"batch"`` (the batch's targets plus
+    ``n_mixed_negatives`` uniform draws, :class:`InBatchSoftmaxLoss`).
     """
 
-    needs_catalogue = False
+    negatives = "catalogue"
 
-    def __init__(
-        self, temperature: float = 0.07, logq_correction: bool = True, n_mixed_negatives: int = 0,
-        mask_history: bool = False,
-    ) -> None:
+    def __init__(self, temperature: float = 0.07, logq_correction: bool = False,
+                 mask_history: bool = False, n_mixed_negatives: int = 0) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature)
         self.logq_correction = bool(logq_correction)
@@ -74,122 +111,91 @@ class InBatchSoftmaxLoss(nn.Module):
             raise TowerError(f"n_mixed_negatives must be >= 0; got {n_mixed_negatives}")
         self.n_mixed_negatives = int(n_mixed_negatives)
 
-    def logits(
-        self,
-        user_emb: torch.Tensor,
-        item_emb: torch.Tensor,
-        item_idx: torch.Tensor,
-        log_q: torch.Tensor | None = None,
-        mixed_item_emb: torch.Tensor | None = None,
-        mixed_item_idx: torch.Tensor | None = None,
-        mixed_log_q: torch.Tensor | float | None = None,
-        history_idx: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The corrected, masked logits (B, B + M); column i is row i's positive.
-        ``history_idx`` (B, L) (-1 = padding) masks each row's session items when
-        ``mask_history``."""
-        batch = user_emb.shape[0]
-        if item_emb.shape != user_emb.shape or tuple(item_idx.shape) != (batch,):
-            raise TowerError(f"user_emb and item_emb must both be (B, dim) with item_idx (B,); "
-                             f"got {tuple(user_emb.shape)}, {tuple(item_emb.shape)}, "
-                             f"{tuple(item_idx.shape)}")
-        if self.logq_correction and log_q is None:
-            raise TowerError("logq_correction=True needs log_q (B,), the log sampling "
-                             "probability of each positive; pass it or set logq_correction=False")
-        logits = user_emb @ item_emb.T / self.temperature  # (B, B)
+    def logits(self, user_emb: torch.Tensor, cand_emb: torch.Tensor, cand_ids: torch.Tensor,
+               target_ids: torch.Tensor, log_q: torch.Tensor | None = None,
+               history_idx: torch.Tensor | None = None,
+               never_negative: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, C), labels (B,)): the transformed logits and each row's positive column."""
+        if (user_emb.dim() != 2 or cand_emb.dim() != 2 or user_emb.shape[1] != cand_emb.shape[1]
+                or tuple(cand_ids.shape) != (cand_emb.shape[0],)
+                or tuple(target_ids.shape) != (user_emb.shape[0],)):
+            raise TowerError(f"expected user_emb (B, dim), cand_emb (C, dim), cand_ids (C,), "
+                             f"target_ids (B,); got {tuple(user_emb.shape)}, "
+                             f"{tuple(cand_emb.shape)}, {tuple(cand_ids.shape)}, "
+                             f"{tuple(target_ids.shape)}")
+        labels = positive_columns(cand_ids, target_ids)
+        logits = user_emb @ cand_emb.T / self.temperature  # (B, C)
         if self.logq_correction:
-            logits = logits - log_q.unsqueeze(0)  # type: ignore[union-attr]
-        same = item_idx.unsqueeze(1) == item_idx.unsqueeze(0)  # (B, B)
-        hits = same & ~torch.eye(batch, dtype=torch.bool, device=same.device)
-        seen = None
-        if self.mask_history and history_idx is not None:  # (B, L, 1) == (1, 1, B) -> (B, B)
-            seen = (history_idx.unsqueeze(2) == item_idx.view(1, 1, -1)).any(dim=1)
-            seen &= ~same  # never the row's own positive
-            hits |= seen
-        logits = logits.masked_fill(hits, float("-inf"))
-        if mixed_item_emb is not None and mixed_item_emb.shape[0] > 0:
-            if mixed_item_idx is None:
-                raise TowerError("mixed_item_emb needs mixed_item_idx to mask accidental hits")
-            mixed = user_emb @ mixed_item_emb.T / self.temperature  # (B, M)
-            if self.logq_correction:
-                if mixed_log_q is None:
-                    raise TowerError("logq_correction=True needs mixed_log_q for mixed negatives")
-                mixed = mixed - torch.as_tensor(mixed_log_q, dtype=mixed.dtype,
-                                                device=mixed.device)
-            drop = item_idx.unsqueeze(1) == mixed_item_idx.unsqueeze(0)  # (B, M)
-            if seen is not None:
-                drop |= (history_idx.unsqueeze(2) == mixed_item_idx.view(1, 1, -1)).any(dim=1)
-            mixed = mixed.masked_fill(drop, float("-inf"))
-            logits = torch.cat([logits, mixed], dim=1)  # (B, B + M)
-        return logits
+            if log_q is None:
+                raise TowerError("logq_correction=True needs log_q (C,), the log sampling "
+                                 "probability of each candidate; pass it or set "
+                                 "logq_correction=False")
+            logits = correct_log_q(logits, log_q)
+        logits = mask_accidental_hits(logits, cand_ids, target_ids, labels)
+        if self.mask_history and history_idx is not None:
+            logits = mask_history(logits, cand_ids, history_idx, target_ids)
+        if never_negative is not None:
+            logits = mask_never_negatives(logits, never_negative, labels)
+        return logits, labels
 
-    def forward(
-        self,
-        user_emb: torch.Tensor,
-        item_emb: torch.Tensor,
-        item_idx: torch.Tensor,
-        log_q: torch.Tensor | None = None,
-        mixed_item_emb: torch.Tensor | None = None,
-        mixed_item_idx: torch.Tensor | None = None,
-        mixed_log_q: torch.Tensor | float | None = None,
-        history_idx: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        logits = self.logits(user_emb, item_emb, item_idx, log_q, mixed_item_emb,
-                             mixed_item_idx, mixed_log_q, history_idx)
-        labels = torch.arange(user_emb.shape[0], device=logits.device)
+    def forward(self, user_emb: torch.Tensor, cand_emb: torch.Tensor, cand_ids: torch.Tensor,
+                target_ids: torch.Tensor, log_q: torch.Tensor | None = None,
+                history_idx: torch.Tensor | None = None,
+                never_negative: torch.Tensor | None = None) -> torch.Tensor:
+        logits, labels = self.logits(user_emb, cand_emb, cand_ids, target_ids, log_q,
+                                     history_idx, never_negative)
         return F.cross_entropy(logits, labels)
 
 
-class FullSoftmaxLoss(nn.Module):
-    """Cross-entropy of the target against every catalogue item that is not excluded.
+class InBatchSoftmaxLoss(RetrievalLoss):
+    """Sampled softmax over in-batch negatives, with logQ correction, accidental-hit masking and
+    optional mixed (uniformly sampled) negatives.
 
-    Minimises ``-log softmax(u . V^T / T)[target]`` over the whole catalogue: the exact objective
-    that sampled softmax (Jean et al., ACL 2015; Yi et al., RecSys 2019) approximates, with no
-    sampling bias to correct. Affordable whenever catalogue vectors are cheap to compute each
-    step (frozen BERT: one adapter matmul); it beat in-batch softmax + logQ by ~0.012 R@10 at
-    ~30% more time per epoch (docs/architecture.md, Lessons).
+    Candidates are the batch's positives (row i's positive is column i) plus ``n_mixed_negatives``
+    uniformly sampled catalogue items; ``s_ij = u_i . v_j / T - log q_j``.
 
-    ``exclude_mask`` (n_items,) bool removes items from the softmax: the held-out **new items**
-    must never be negatives, or training pushes them down at every step
-    (docs/architecture.md, Lessons).
+    - **logQ correction** (Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus
+      Item Recommendations", RecSys 2019): in-batch negatives are drawn with the items'
+      popularity, so popular items are over-penalised; subtracting ``log q_j`` corrects the
+      sampled softmax towards the full one, the positive's column included.
+    - **Accidental hits**: another column holding row i's item is not a negative for row i.
+    - **Mixed negatives** (Yang et al., "Mixed Negative Sampling for Learning Two-tower Neural
+      Networks in Recommendations", WWW 2020): uniform draws reach the long tail that
+      popularity-sampled in-batch negatives rarely contain. Both pools' ``log_q`` share one
+      scale: expected draws per batch, ``log(B p_j)`` in-batch and ``log(M / N)`` uniform
+      (``TwoTowerModule`` passes these).
+    - **History masking** (``mask_history``): the row's session items are not its negatives.
 
-    ``mask_history`` also removes each row's own session items (``history_idx``) from its
-    softmax, the row's target excepted. Evaluation and serving never rank a session's items
-    (they are masked), but as negatives they are the items a text tower finds most similar to
-    the session, so unmasked training spends its gradient pushing the user vector away from
-    them; masking aligns training with how the ranking is used.
+    Keep this loss for catalogues whose vectors are too costly to compute in full each step;
+    otherwise ``FullSoftmaxLoss`` is better (docs/architecture.md, Lessons).
     """
 
-    needs_catalogue = True
+    negatives = "batch"
+
+    def __init__(self, temperature: float = 0.07, logq_correction: bool = True,
+                 n_mixed_negatives: int = 0, mask_history: bool = False) -> None:
+        super().__init__(temperature, logq_correction, mask_history, n_mixed_negatives)
+
+
+class FullSoftmaxLoss(RetrievalLoss):
+    """Cross-entropy of the target against every catalogue item that may be a negative.
+
+    Minimises ``-log softmax(u . V^T / T)[target]`` over the catalogue: the exact objective that
+    sampled softmax (Jean et al., ACL 2015; Yi et al., RecSys 2019) approximates, with no
+    sampling bias to correct. Affordable whenever catalogue vectors are cheap to compute each
+    step (frozen BERT: one adapter matmul) (docs/architecture.md, Lessons).
+
+    ``never_negative`` removes items from the softmax: the held-out **new items** must never be
+    negatives, or training pushes them down at every step (docs/architecture.md, Lessons).
+
+    ``mask_history`` also removes each row's own session items from its softmax, the target
+    excepted. Evaluation and serving never rank a session's items (they are masked), but as
+    negatives they are the items a text tower finds most similar to the session, so unmasked
+    training spends its gradient pushing the user vector away from them.
+    """
+
+    negatives = "catalogue"
 
     def __init__(self, temperature: float = 0.07, mask_history: bool = False) -> None:
-        super().__init__()
-        self.temperature = _check_temperature(temperature)
-        self.mask_history = bool(mask_history)
-
-    def logits(
-        self, user_emb: torch.Tensor, all_item_emb: torch.Tensor,
-        exclude_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, n_items) with excluded items at -inf; ``exclude_mask`` is (n_items,) for
-        every row or (B, n_items) per row."""
-        if user_emb.dim() != 2 or all_item_emb.dim() != 2 or (
-                user_emb.shape[1] != all_item_emb.shape[1]):
-            raise TowerError(f"user_emb (B, dim) and all_item_emb (n_items, dim) must share dim; "
-                             f"got {tuple(user_emb.shape)}, {tuple(all_item_emb.shape)}")
-        logits = user_emb @ all_item_emb.T / self.temperature  # (B, n_items)
-        if exclude_mask is not None:
-            logits = logits.masked_fill(exclude_mask, float("-inf"))  # broadcasts (n_items,)
-        return logits
-
-    def forward(
-        self, user_emb: torch.Tensor, all_item_emb: torch.Tensor, target_idx: torch.Tensor,
-        exclude_mask: torch.Tensor | None = None, history_idx: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if exclude_mask is not None and bool(exclude_mask[target_idx].any()):
-            raise TowerError("a training target is an excluded (new) item; new items must not "
-                             "be training targets: drop them from the training examples")
-        if self.mask_history and history_idx is not None:  # one (B, n_items) mask, one fill
-            seen = history_mask(history_idx, all_item_emb.shape[0], target_idx)
-            exclude_mask = seen if exclude_mask is None else seen | exclude_mask
-        return F.cross_entropy(self.logits(user_emb, all_item_emb, exclude_mask), target_idx)
+        super().__init__(temperature, logq_correction=False, mask_history=mask_history)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ def _mask(values: Any, n_items: int, name: str) -> torch.Tensor:
 
 class TwoTowerModule(pl.LightningModule):
     """Trains ``TwoTowerModel(item_tower, user_tower)`` with ``loss`` (FullSoftmaxLoss or
-    InBatchSoftmaxLoss). ``new_item_mask`` items are never softmax negatives nor uniform
+    InBatchSoftmaxLoss). ``never_negative_mask`` items are never softmax negatives nor uniform
     negatives (train.py passes the held-out new items, plus items without training interactions
     when ``train.exclude_unseen_negatives``); ``item_popularity`` (train counts) gives logQ and
     the empty-session fallback."""
@@ -53,7 +53,7 @@ class TwoTowerModule(pl.LightningModule):
         loss: nn.Module,
         item_ids: Sequence[str] | None = None,
         item_popularity: Sequence[float] | np.ndarray | None = None,
-        new_item_mask: Sequence[bool] | np.ndarray | None = None,
+        never_negative_mask: Sequence[bool] | np.ndarray | None = None,
         long_tail_mask: Sequence[bool] | np.ndarray | None = None,
         valid_examples: EvalExamples | None = None,
         test_examples: EvalExamples | None = None,
@@ -79,8 +79,8 @@ class TwoTowerModule(pl.LightningModule):
             raise TowerError(f"event_dropout must be in [0, 1); got {event_dropout}")
         self.event_dropout = float(event_dropout)
         self.save_hyperparameters(ignore=[  # scalars only: modules and arrays stay out
-            "item_tower", "user_tower", "loss", "item_ids", "item_popularity", "new_item_mask",
-            "long_tail_mask", "valid_examples", "test_examples"])
+            "item_tower", "user_tower", "loss", "item_ids", "item_popularity",
+            "never_negative_mask", "long_tail_mask", "valid_examples", "test_examples"])
         counts = (np.ones(n_items) if item_popularity is None
                   else np.asarray(item_popularity, dtype=np.float64).reshape(-1))
         if counts.shape != (n_items,) or (counts < 0).any():
@@ -89,8 +89,9 @@ class TwoTowerModule(pl.LightningModule):
         prob = counts / counts.sum() if counts.sum() > 0 else np.full(n_items, 1.0 / n_items)
         self.register_buffer("log_p", torch.from_numpy(np.log(np.maximum(prob, 1e-12))).float())
         self.register_buffer("fallback_scores", torch.from_numpy(np.log1p(counts)).float())
-        self.register_buffer("new_item_mask", _mask(new_item_mask, n_items, "new_item_mask"))
-        self.register_buffer("allowed_idx", torch.nonzero(~self.new_item_mask).flatten())
+        self.register_buffer("never_negative_mask",
+                             _mask(never_negative_mask, n_items, "never_negative_mask"))
+        self.register_buffer("allowed_idx", torch.nonzero(~self.never_negative_mask).flatten())
         position = torch.full((n_items,), -1, dtype=torch.long)  # item -> row of the loss table
         position[self.allowed_idx] = torch.arange(len(self.allowed_idx))
         self.register_buffer("_table_position", position, persistent=False)
@@ -111,65 +112,62 @@ class TwoTowerModule(pl.LightningModule):
 
     # ---- training ------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The loss of one ``build_tensors`` batch (what ``training_step`` minimises)."""
+        """The loss of one ``build_tensors`` batch (what ``training_step`` minimises): the
+        candidates the loss asks for (``loss.negatives``), then one call of the one interface."""
         tower, target = self.item_tower, batch["target_idx"]
         seen = batch.get("seen_item_idx", batch["hist_item_idx"])  # before event dropout
-        fresh = uniq = None
+        fresh = uniq = inverse = None
         if tower.encodes_in_forward:  # BERT with grad over the batch's distinct targets only
             uniq, inverse = torch.unique(target, return_inverse=True)
             fresh = tower.item_emb(uniq)  # (U, dim)
-        if self.loss.needs_catalogue:
-            return self._full_catalogue_loss(batch, target, seen, uniq, fresh)
-        target_emb = fresh[inverse] if fresh is not None else tower.item_emb(target)  # (B, dim)
-        user_emb = self.model.user_emb(batch)
-        batch_size = target.shape[0]
-        # log q on the "expected draws per batch" scale, shared with the uniform pool below
-        log_q = self.log_p[target] + math.log(batch_size)
-        n_mixed = getattr(self.loss, "n_mixed_negatives", 0)
-        mixed_idx = mixed_emb = mixed_log_q = None
-        if n_mixed:
-            pick = torch.randint(len(self.allowed_idx), (n_mixed,), device=target.device)
-            mixed_idx = self.allowed_idx[pick]
-            mixed_emb = tower.item_emb(mixed_idx, from_table=True)
-            mixed_log_q = math.log(n_mixed / len(self.allowed_idx))
-        return self.loss(user_emb, target_emb, target, log_q, mixed_emb, mixed_idx, mixed_log_q,
-                         history_idx=seen)
+        log_q = None
+        if self.loss.negatives == "catalogue":
+            cand_ids, cand_emb, lookup = self._catalogue_candidates(seen, uniq, fresh)
+            user_emb = self.model.user_emb(batch, item_lookup=lookup)
+        else:  # the batch's targets (+ uniform draws), log q as expected draws per batch
+            cand_ids = target
+            cand_emb = fresh[inverse] if fresh is not None else tower.item_emb(target)  # (B, dim)
+            user_emb = self.model.user_emb(batch)
+            log_q = self.log_p[target] + math.log(target.shape[0])
+            n_mixed = self.loss.n_mixed_negatives
+            if n_mixed:
+                pick = torch.randint(len(self.allowed_idx), (n_mixed,), device=target.device)
+                mixed_idx = self.allowed_idx[pick]
+                cand_ids = torch.cat([target, mixed_idx])
+                cand_emb = torch.cat([cand_emb, tower.item_emb(mixed_idx, from_table=True)])
+                log_q = torch.cat([log_q, torch.full((n_mixed,), math.log(
+                    n_mixed / len(self.allowed_idx)), device=log_q.device)])
+        return self.loss(user_emb, cand_emb, cand_ids, target, log_q=log_q, history_idx=seen,
+                         never_negative=self.never_negative_mask[cand_ids])
 
-    def _full_catalogue_loss(
-        self, batch: dict[str, torch.Tensor], target: torch.Tensor, seen: torch.Tensor,
-        uniq: torch.Tensor | None, fresh: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The catalogue loss over the items that can be negatives, not the whole catalogue.
+    def _catalogue_candidates(
+        self, seen: torch.Tensor, uniq: torch.Tensor | None, fresh: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(candidate ids, their vectors, an item lookup for the user tower): the items that can
+        be negatives, not the whole catalogue.
 
-        Items in ``new_item_mask`` (held-out and, by default, never-interacted items: 2,505 of
-        MovieLens's 9,125) only ever sit at -inf in the softmax, so their adapter pass would be
-        thrown away: the table holds the allowed items (``allowed_idx``), then any history item
-        outside them (kept for the user tower, still excluded from the softmax). Same loss as
-        the full table with those columns masked; indices are remapped to table rows."""
-        tower, allowed = self.item_tower, self.allowed_idx
-        rows = allowed
+        Items in ``never_negative_mask`` (held-out and, by default, never-interacted items: 2,505
+        of MovieLens's 9,125) only ever sit at -inf in the softmax, so their adapter pass would
+        be thrown away: the table holds the allowed items (``allowed_idx``), then any history
+        item outside them (kept for the user tower, still never a negative). Same loss as the
+        full table with those columns masked."""
+        tower, rows = self.item_tower, self.allowed_idx
         extra = torch.unique(seen[seen >= 0])
-        extra = extra[self.new_item_mask[extra]]  # history items that are never negatives
+        extra = extra[self.never_negative_mask[extra]]  # history items that are never negatives
         position = self._table_position  # (n_items,) row of each item in the table, -1: none
         if len(extra):
-            rows = torch.cat([allowed, extra])
+            rows = torch.cat([rows, extra])
             position = position.clone()
-            position[extra] = torch.arange(len(allowed), len(rows), device=rows.device)
+            position[extra] = torch.arange(len(self.allowed_idx), len(rows), device=rows.device)
         table = tower.item_emb(rows, from_table=True)  # (A + E, dim): one adapter pass
         if fresh is not None:
             assert uniq is not None
+            if bool((position[uniq] < 0).any()):
+                raise TowerError("a training target is an excluded (new) item; new items must "
+                                 "not be training targets: drop them from the training examples")
             table = table.index_copy(0, position[uniq], fresh)
-        exclude = self.new_item_mask[rows]  # False for allowed rows, True for the extras
-
-        def local(idx: torch.Tensor) -> torch.Tensor:  # item indices -> table rows, -1 stays
-            return torch.where(idx >= 0, position[idx.clamp(min=0)], idx)
-
-        if bool((local(target) < 0).any()):
-            raise TowerError("a training target is an excluded (new) item; new items must not "
-                             "be training targets: drop them from the training examples")
-        user_emb = self.model.user_emb(batch, item_lookup=lambda idx: table[local(idx)])
-        return self.loss(user_emb, table, local(target), exclude_mask=exclude,
-                         history_idx=local(seen))
+        return rows, table, lambda idx: table[torch.where(idx >= 0, position[idx.clamp(min=0)],
+                                                          idx)]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.event_dropout:  # augmentation: drop older history events (towers.data)
