@@ -75,8 +75,8 @@ class CatalogueIndex:
         ef_construction: int = 200,
         nlist: int | None = None,
         pq_m: int | None = None,
-        nprobe: int = 16,
-        refine_factor: int = 1,
+        nprobe: int = 64,
+        refine_factor: int = 4,
         use_gpu: bool | None = None,
     ) -> None:
         check_positive(dim=dim, hnsw_m=hnsw_m, ef_search=ef_search, ef_construction=ef_construction,

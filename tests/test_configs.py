@@ -95,3 +95,30 @@ def test_stats_and_build_index_configs_compose() -> None:
     assert _compose(["data=movielens"], name="stats").data.split.protocol == "time"
     if (CONF / "build_index.yaml").exists():
         assert "index" in _compose([], name="build_index")
+
+
+def _defaults(fn) -> dict:
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+@pytest.mark.parametrize("choice", GROUPS["loss"])
+def test_loss_code_defaults_equal_the_config(choice: str) -> None:
+    """A loss built in code without arguments behaves as the config's: same defaults."""
+    node = OmegaConf.to_container(OmegaConf.load(CONF / "loss" / f"{choice}.yaml"))
+    target = hydra.utils.get_class(node.pop("_target_"))
+    defaults = _defaults(target.__init__)
+    assert {key: defaults.get(key) for key in node} == node
+
+
+@pytest.mark.parametrize("choice", sorted(p.stem for p in (CONF / "index").glob("*.yaml")))
+def test_index_code_defaults_equal_the_config(choice: str) -> None:
+    from index import KINDS, CatalogueIndex
+
+    node = OmegaConf.to_container(OmegaConf.load(CONF / "index" / f"{choice}.yaml"))
+    assert node["kind"] in KINDS
+    defaults = _defaults(CatalogueIndex.__init__)
+    settings = {k: v for k, v in node.items() if k not in ("kind", "nlist", "pq_m")}
+    assert {key: defaults.get(key) for key in settings} == settings

@@ -84,7 +84,7 @@ def test_refine_rescoring_lifts_ivf_pq_recall(data: dict) -> None:
     """8-byte PQ alone is coarse; re-scoring 4k candidates with the kept vectors recovers most."""
     args = (data["item_emb"], list(data["item_ids"]), "ivf_pq")
     true_ids = data["item_ids"][data["gt_rows"]]
-    coarse = CatalogueIndex.build(*args, pq_m=8, nprobe=16)
+    coarse = CatalogueIndex.build(*args, pq_m=8, nprobe=16, refine_factor=1)
     recall_coarse = _recall(coarse.search(data["query_emb"], K)[1], true_ids)
     coarse.set_search_params(refine_factor=4)
     scores, ids = coarse.search(data["query_emb"], K)

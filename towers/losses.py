@@ -197,5 +197,5 @@ class FullSoftmaxLoss(RetrievalLoss):
 
     negatives = "catalogue"
 
-    def __init__(self, temperature: float = 0.07, mask_history: bool = False) -> None:
+    def __init__(self, temperature: float = 0.07, mask_history: bool = True) -> None:
         super().__init__(temperature, logq_correction=False, mask_history=mask_history)
