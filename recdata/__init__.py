@@ -53,6 +53,9 @@ def load_dataset(source: str, **options: Any) -> Dataset:
     if source == "movielens":
         return loaders.load_movielens(resolve_path(options.pop("root")), **options)
     if source == "files":
+        relations = options.pop("relations", None)
         return loaders.load_files(resolve_path(options.pop("catalogue")),
-                                  resolve_path(options.pop("events")), **options)
+                                  resolve_path(options.pop("events")),
+                                  relations=resolve_path(relations) if relations else None,
+                                  **options)
     raise DataError(f"data.source must be one of {list(SOURCES)}, got {source!r}")

@@ -53,6 +53,8 @@ class Dataset:
     events: pd.DataFrame
     predefined: dict[str, pd.DataFrame] | None = None
     report: dict[str, int] = field(default_factory=dict)  # what validation counted / dropped
+    # item -> relation -> entity links from a relations file (recdata.graph.read_relations)
+    relations: pd.DataFrame | None = None
 
 
 @dataclass
@@ -68,6 +70,7 @@ class SplitData:
     ``item_popularity``: training interaction count for every catalogue item (0 for none),
     indexed by item_id in catalogue order. ``new_items``: the seeded held-out items (no training
     or validation interactions). ``long_tail``: item_ids in the long tail of training popularity.
+    ``relations``: the dataset's relations-file triples, if any (catalogue content, not events).
     """
 
     catalogue: pd.DataFrame
@@ -79,6 +82,7 @@ class SplitData:
     new_items: frozenset[str]
     long_tail: frozenset[str]
     protocol: str = "loo"
+    relations: pd.DataFrame | None = None  # Dataset.relations (item_id, relation, entity)
 
 
 def _fail(source: str, msg: str) -> DataError:

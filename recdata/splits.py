@@ -179,6 +179,7 @@ def split_dataset(
         valid=label_segments(valid_df, popularity, head),
         test=label_segments(test_df, popularity, head),
         item_popularity=popularity, new_items=new_items, long_tail=long_tail, protocol=protocol,
+        relations=dataset.relations,
     )
 
 
