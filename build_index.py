@@ -39,8 +39,15 @@ def build(paths: ArtifactPaths, index_kwargs: dict[str, Any], batch_size: int = 
     model = load_model(paths, resolve_device(index_kwargs.get("use_gpu")))
     catalogue = load_catalogue(paths.root)
     item_ids = catalogue["item_id"].tolist()
+    links = None
+    if getattr(model.item_tower, "graph", None) is not None:  # items added since training
+        from engine.graph import GraphExplainer
+
+        added = catalogue.loc[~catalogue["item_id"].isin(model.item_index)]
+        by_id = dict(zip(added["item_id"], GraphExplainer(model).links_for(added)))
+        links = [by_id.get(i, []) for i in item_ids]
     item_emb = encode_catalogue(model, item_ids, catalogue["text"].tolist(), batch_size,
-                                progress)  # (n_items, dim)
+                                progress, links)  # (n_items, dim)
     index = CatalogueIndex.build(item_emb, item_ids, **index_kwargs)
     fingerprint = paths.towers_meta()["fingerprint"]
     index.save(paths.index, manifest_extra={"model_fingerprint": fingerprint, "run": paths.run})

@@ -83,6 +83,37 @@ def _goal(goal: str, target: str, measured: Any, ok: bool | None, note: str = ""
             "note": note}
 
 
+def graph_goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's goals for ``two_tower_bert_graph`` (the towers with the entity part), when the
+    run has it: new items vs zero-shot on the same rows, long tail and overall vs the same towers
+    without the graph."""
+    graph = _get(payload, "systems", "two_tower_bert_graph", "masked")
+    if not graph:
+        return []
+    base = _get(payload, "systems", "two_tower_bert", "masked")
+    zero = _get(payload, "systems", "zero_shot", "masked")
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return a / b if a is not None and b else None
+
+    new_ratio = ratio(_get(graph, "segments", "new_item", "recall_at_10"),
+                      _get(zero, "segments", "new_item", "recall_at_10"))
+    tail = ratio(_get(graph, "segments", "long_tail", "recall_at_10"),
+                 _get(base, "segments", "long_tail", "recall_at_10"))
+    r10 = ratio(_get(graph, "overall", "recall_at_10"), _get(base, "overall", "recall_at_10"))
+    n10 = ratio(_get(graph, "overall", "ndcg_at_10"), _get(base, "overall", "ndcg_at_10"))
+    no_loss = None if r10 is None or n10 is None else r10 >= 1.0 and n10 >= 1.0
+    return [
+        _goal("graph: new-item R@10 / zero_shot new-item R@10 (same rows)", ">= 1.3", new_ratio,
+              None if new_ratio is None else new_ratio >= 1.3,
+              applies=payload.get("dataset", GOAL_DATASET) == GOAL_DATASET),
+        _goal("graph: long-tail R@10 / two_tower_bert long-tail R@10", "> 1.0", tail,
+              None if tail is None else tail > 1.0),
+        _goal("graph: overall R@10 and N@10 / two_tower_bert", ">= 1.0 (no loss)",
+              None if r10 is None else f"R@10 {r10:.3f}, N@10 {n10:.3f}", no_loss),
+    ]
+
+
 def goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The issues' goals, each met / missed / not measured from this run's figures."""
     bert = _get(payload, "systems", "two_tower_bert", "masked")
@@ -119,6 +150,7 @@ def goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
               ">= 10x", _get(at_1m, "speedup_vs_flat"),
               None if at_1m is None else bool(at_1m.get("goal_met")),
               "" if at_1m else f"sizes measured in this run: {sizes or 'none'}"),
+        *graph_goals(payload),
     ]
 
 
@@ -352,8 +384,8 @@ def write_report(payload: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     """Write ``<dataset>.json``, ``<dataset>.md`` and the PNGs into ``out_dir``; returns paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = payload["dataset"]
-    payload["anchor"] = ANCHORS.get(name)
+    name = payload.get("report_name") or payload["dataset"]
+    payload["anchor"] = ANCHORS.get(payload["dataset"])
     payload["goals"] = goals(payload)
     paths = {"recall_png": plot_recall_curves(payload, out / f"{name}_recall_at_k.png"),
              "latency_png": plot_latency(payload, out / f"{name}_latency.png")}

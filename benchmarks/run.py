@@ -34,7 +34,11 @@ from benchmarks.systems import BenchmarkError  # noqa: E402
 
 log = logging.getLogger("benchmarks.run")
 SYSTEMS = ("popularity", "bm25", "zero_shot", "two_tower_id", "two_tower_bert",
-           "two_tower_bert+rerank")
+           "two_tower_bert_graph", "two_tower_bert+rerank")
+# systems that need trained towers: run dir attribute, tower=, extra training overrides
+TOWER_RUNS = {"two_tower_id": ("artifacts_id", "id", []),
+              "two_tower_bert": ("artifacts_bert", "bert", []),
+              "two_tower_bert_graph": ("artifacts_graph", "bert", ["tower.graph=true"])}
 DATASETS = ("amazon_scientific", "movielens", "synthetic")
 QUICK_DATA = ["data.options.n_items=150", "data.options.n_users=80"]
 QUICK_TRAIN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none",
@@ -54,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
     p.add_argument("--artifacts-bert", type=Path, help="run dir of the BERT towers (+ reranker/)")
     p.add_argument("--artifacts-id", type=Path, help="run dir of the ID towers")
+    p.add_argument("--artifacts-graph", type=Path,
+                   help="run dir of the BERT towers with the entity part (tower.graph=true)")
     p.add_argument("--artifacts-root", type=Path, default=Path("artifacts"),
                    help="where --train writes <data>_bert and <data>_id (default artifacts/)")
     p.add_argument("--train", action="store_true", help="train tower=id and tower=bert first")
@@ -65,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="tiny synthetic data, tiny towers and reranker, few sessions (< 1 min)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--report-name", help="file name stem of the report (default: --data)")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/encoder"))
     p.add_argument("--encoder", help="zero-shot sentence model dir (default: bundled MiniLM)")
     p.add_argument("--zero-shot-decay", type=float, default=0.8,
@@ -100,6 +107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             args.cache_dir = args.out / "cache"
     args.artifacts_bert = args.artifacts_bert or args.artifacts_root / f"{args.data}_bert"
     args.artifacts_id = args.artifacts_id or args.artifacts_root / f"{args.data}_id"
+    args.artifacts_graph = (args.artifacts_graph
+                            or args.artifacts_root / f"{args.data}_bert_graph")
     return args
 
 
@@ -125,17 +134,20 @@ def compose_data_config(args: argparse.Namespace) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.data, resolve=True)
 
 
-def train_run(tower: str, args: argparse.Namespace) -> dict[str, Any]:
-    """``train.main`` for one tower kind into its run dir (``--artifacts-bert`` / ``-id``, default
-    ``<artifacts-root>/<data>_bert`` / ``_id``); returns its wall time and command."""
+def train_run(system: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``train.main`` for one towers system into its run dir (``--artifacts-bert`` / ``-id`` /
+    ``-graph``, default ``<artifacts-root>/<data>_bert`` / ``_id`` / ``_bert_graph``); returns
+    its wall time and command."""
     import train
 
+    attr, tower, extra = TOWER_RUNS[system]
     bert = tower == "bert"
-    run_dir = args.artifacts_bert if bert else args.artifacts_id
+    run_dir = getattr(args, attr)
+    with_reranker = system == "two_tower_bert" and "two_tower_bert+rerank" in args.systems
     argv = [f"data={args.data}", f"seed={args.seed}", f"run_name={run_dir.name}",
             f"artifacts_dir={run_dir.parent}", f"tower={'tiny' if bert and args.quick else tower}",
-            f"stage={'all' if bert and 'two_tower_bert+rerank' in args.systems else 'towers'}",
-            f"cache_dir={args.cache_dir}", *args.overrides]
+            f"stage={'all' if with_reranker else 'towers'}",
+            f"cache_dir={args.cache_dir}", *extra, *args.overrides]
     if args.quick and bert:
         argv += QUICK_TRAIN + QUICK_RERANK + [f"rerank.model_path={run_dir.parent / '_tiny_bert'}"]
     elif args.quick:
@@ -205,7 +217,7 @@ def build_system(name: str, args: argparse.Namespace, ctx: dict[str, Any]) -> An
         model = load_sentence_model(encoder, max_seq_length=64)
         return sy.ZeroShotRetriever(model, ctx["texts"], ctx["item_index"], args.cache_dir,
                                     args.zero_shot_decay)
-    run_dir = args.artifacts_id if name == "two_tower_id" else args.artifacts_bert
+    run_dir = getattr(args, TOWER_RUNS[name][0])
     return sy.TwoTowerRetriever(load_model(run_dir, ctx["models"]), ctx["item_ids"], name)
 
 
@@ -216,11 +228,12 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from recdata import catalogue_texts, load_dataset, split_dataset
 
     memory, trained = StepMemory(), {}
-    wants_bert = {"two_tower_bert", "two_tower_bert+rerank"} & set(args.systems)
-    for tower, wanted in (("id", "two_tower_id" in args.systems), ("bert", bool(wants_bert))):
-        if args.train and wanted:
-            with memory.measure(f"train two_tower_{tower}"):
-                trained[f"two_tower_{tower}"] = train_run(tower, args)
+    wanted = set(args.systems) | ({"two_tower_bert"} if "two_tower_bert+rerank" in args.systems
+                                  else set())
+    for system in TOWER_RUNS:
+        if args.train and system in wanted:
+            with memory.measure(f"train {system}"):
+                trained[system] = train_run(system, args)
     with memory.measure("load + split"):
         data_cfg = compose_data_config(args)
         split = split_dataset(load_dataset(data_cfg["source"], **data_cfg["options"]),
@@ -275,15 +288,16 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         log.info("%s: %s", name, {k: v for k, v in systems[name].items()
                                   if k in ("status", "reason", "eval_seconds")})
     payload: dict[str, Any] = {
-        "dataset": args.data, "systems": systems, "segments": list(SEGMENTS),
+        "dataset": args.data, "report_name": args.report_name or args.data,
+        "systems": systems, "segments": list(SEGMENTS),
         "rerank_comparison": comparison, "data_config": data_cfg,
         "split": {"protocol": split.protocol, "items": len(item_ids),
                   "test_rows": len(split.test), "new_items_held_out": len(split.new_items),
                   "long_tail_items": len(split.long_tail),
                   "variant_rows": {k: len(v) for k, v in variants.items()}},
-        "training": {name: training_info(path, trained.get(name)) for name, path in
-                     (("two_tower_id", args.artifacts_id), ("two_tower_bert", args.artifacts_bert))
-                     if (path / "towers").exists()},
+        "training": {name: training_info(getattr(args, attr), trained.get(name))
+                     for name, (attr, _, _) in TOWER_RUNS.items()
+                     if name in wanted and (getattr(args, attr) / "towers").exists()},
     }
     payload.update(speed(args, split, ctx, memory))
     payload["memory"] = memory.to_dict()

@@ -29,7 +29,23 @@ class SessionEncoder:
         self.model = model.eval()
         self.text_cache_size = int(text_cache_size)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._pinned: dict[str, torch.Tensor] = {}  # live-added items' texts -> indexed vector
         self._cache_lock = threading.Lock()
+
+    def pin(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Use ``vectors`` (n, dim) for these item texts from now on: a live-added item in a
+        session then reads exactly the vector the index holds for it (with a graph tower that
+        includes its entity part, which its text alone does not give)."""
+        device = self.model.device
+        with self._cache_lock:
+            pinned = dict(self._pinned)
+            for text, vec in zip(texts, np.asarray(vectors, dtype=np.float32)):
+                pinned[text] = torch.from_numpy(vec.copy()).to(device)
+            self._pinned = pinned
+
+    def unpin(self, texts: Sequence[str]) -> None:
+        with self._cache_lock:
+            self._pinned = {t: v for t, v in self._pinned.items() if t not in set(texts)}
 
     @property
     def max_seq_len(self) -> int:
@@ -47,6 +63,7 @@ class SessionEncoder:
             cached = {t: self._text_cache[t] for t in texts if t in self._text_cache}
             for text in cached:
                 self._text_cache.move_to_end(text)
+            cached.update({t: self._pinned[t] for t in texts if t in self._pinned})
         missing = [t for t in dict.fromkeys(texts) if t not in cached]
         if missing:
             fresh = self.model.item_tower.encode_texts(missing).to(device)  # (m, dim)
@@ -91,12 +108,14 @@ def encode_catalogue(
     item_texts: Sequence[str],
     batch_size: int = 256,
     progress: bool = True,
+    links: Sequence[list[tuple[str, str]]] | None = None,
 ) -> np.ndarray:
     """Item vectors (n, dim) float32 for the catalogue, in the order of ``item_ids``.
 
     Items the towers were trained on come from the item tower's table (the frozen-encoder
     vectors saved with the towers, through the adapter and ID part: no BERT pass); items added
-    later are encoded from ``item_texts`` alone (``TwoTowerModel.item_emb_from_texts``).
+    later are encoded from ``item_texts`` alone (``TwoTowerModel.item_emb_from_texts``), plus,
+    with a graph tower, their ``links`` (per item, (relation, entity) pairs; used for those only).
     """
     if len(item_ids) != len(item_texts):
         raise ValueError(f"item_ids ({len(item_ids)}) and item_texts ({len(item_texts)}) must "
@@ -116,5 +135,7 @@ def encode_catalogue(
             idx = torch.from_numpy(known[rows]).to(model.device)
             out[rows] = model.item_tower.item_emb(idx, from_table=True).float().cpu().numpy()
         else:
-            out[rows] = model.item_emb_from_texts([item_texts[r] for r in rows])
+            out[rows] = model.item_emb_from_texts(
+                [item_texts[r] for r in rows],
+                [links[r] for r in rows] if links is not None else None)
     return out

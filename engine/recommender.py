@@ -30,10 +30,13 @@ from engine.catalogue import CatalogueState, new_catalogue_rows
 from engine.encoding import SessionEncoder
 from engine.errors import ArtifactsError, CatalogueError, SessionError
 from engine.explain import because
+from engine.graph import GraphExplainer
 from engine.resolve import ResolvedSession, resolve_session
 from engine.session import Session, parse_session
 from index import CatalogueIndex
+from recdata.schema import validate_catalogue
 from recdata.splits import user_segment
+from recdata.text import item_text
 from rerank import Reranker, RerankPolicy
 from towers import TwoTowerModel
 
@@ -72,6 +75,12 @@ class Recommender:
         self._state = CatalogueState.from_frame(catalogue)
         self._lock = threading.RLock()
         self._tower_texts = getattr(model.item_tower, "item_texts", None)
+        self.graph = GraphExplainer.from_model(model)
+        if self.graph is not None:
+            added = self._state.frame.loc[~self._state.frame["item_id"].isin(model.item_index)
+                                          & self._state.frame["item_id"].isin(index.ids)]
+            if len(added):  # live-added items: their links and the vectors the index holds
+                self._graph_add(added, self.index.vectors_of(added["item_id"].tolist()))
         orphans = [i for i in index.ids if i not in self._state]
         if orphans:
             log.warning("%d indexed item(s) are not in the catalogue (e.g. %s); they are never "
@@ -158,7 +167,8 @@ class Recommender:
         for r in resolved:
             if r.events:
                 result = self._rank(r, ids[row], scores[row], item_vecs, event_embs[row], state,
-                                    self.rerank if rerank is None else bool(rerank))
+                                    self.rerank if rerank is None else bool(rerank),
+                                    user_emb[row])
                 row += 1
             else:
                 result = self._fallback(r, state)
@@ -169,7 +179,8 @@ class Recommender:
 
     def _rank(self, r: ResolvedSession, cand_ids: np.ndarray, cand_scores: np.ndarray,
               item_vecs: dict[str, np.ndarray], event_emb: np.ndarray,
-              state: CatalogueState, use_rerank: bool) -> dict:
+              state: CatalogueState, use_rerank: bool,
+              user_emb: np.ndarray | None = None) -> dict:
         keep = [j for j, i in enumerate(cand_ids) if i in item_vecs]
         cand_ids, retrieval = cand_ids[keep], cand_scores[keep].astype(np.float64)  # (N,)
         rows = state.rows(cand_ids.tolist())
@@ -195,6 +206,14 @@ class Recommender:
         top_ids = cand_ids[order].tolist()
         reasons = because(np.stack([item_vecs[i] for i in top_ids]) if top_ids else
                           np.zeros((0, event_emb.shape[1]), np.float32), event_emb, r.reasons)
+        if self.graph is not None and user_emb is not None and top_ids:
+            threshold = float(retrieval[r.k]) if len(retrieval) > r.k else float("-inf")
+            session_items = [(i, t, r.titles.get(i, i)) for i, t in zip(r.hist_items,
+                                                                         r.hist_types)
+                             if i is not None and not i.startswith("inline:")]
+            graph_reasons = self.graph.reasons(user_emb, top_ids, retrieval[order], threshold,
+                                               session_items)
+            reasons = [g or reason for g, reason in zip(graph_reasons, reasons)]
         items = [{"rank": rank, "item_id": item_id, "title": str(state.titles[rows[j]]),
                   "score": round(float(final[j]), 6),
                   "retrieval_score": round(float(retrieval[j]), 6),
@@ -258,11 +277,18 @@ class Recommender:
         if not self.encoder.supports_text:
             raise CatalogueError("this run's item tower is ID-only (tower=id): it cannot embed "
                                  "new items from text; retrain with a text tower to add items")
-        item_emb = self.model.item_emb_from_texts(rows["text"].tolist())  # (n, dim)
+        links = None
+        if self.graph is not None:  # the entities their fields name, as in training
+            fields = validate_catalogue(items if isinstance(items, pd.DataFrame)
+                                        else pd.DataFrame([dict(i) for i in items]), "add_items")
+            links = self.graph.links_for(fields)
+        item_emb = self.model.item_emb_from_texts(rows["text"].tolist(), links)  # (n, dim)
         with self._lock:
             state = self._state.with_rows(rows, replace=upsert)
             self.index.add(item_emb, ids, upsert=upsert)
             self._state = state
+            if self.graph is not None:
+                self._graph_add(rows, item_emb, links)
         log.info("added %d item(s) (upsert=%s)", len(ids), upsert)
         return ids
 
@@ -277,13 +303,27 @@ class Recommender:
             if unknown:
                 raise CatalogueError(f"cannot remove {len(unknown)} item id(s) that are not in "
                                      f"the catalogue: {unknown[:5]}")
+            gone = self._state.frame.loc[self._state.frame["item_id"].isin(ids), "text"]
             state = self._state.without(ids)
             indexed = [i for i in ids if i in self.index]
             if indexed:
                 self.index.remove(indexed)
             self._state = state
+            if self.graph is not None:
+                self.graph.remove(ids)
+                self.encoder.unpin([item_text({"title": t}) for t in gone])
         log.info("removed %d item(s)", len(ids))
         return len(ids)
+
+    def _graph_add(self, rows: pd.DataFrame, item_emb: np.ndarray,
+                   links: list | None = None) -> None:
+        """Register live-added items with the graph explainer, and pin their indexed vectors
+        for sessions that name them (their text alone lacks the entity part)."""
+        assert self.graph is not None
+        links = links if links is not None else self.graph.links_for(rows)
+        texts = rows["text"].astype(str).tolist()
+        self.graph.add(rows["item_id"].astype(str).tolist(), texts, links)
+        self.encoder.pin([item_text({"title": t}) for t in texts], item_emb)
 
     def save(self) -> None:
         """Persist the index and the catalogue into the artifacts directory, each atomically."""

@@ -277,14 +277,14 @@ def read_relations(path: str | Path, known_items: Iterable[str]) -> tuple[pd.Dat
     from recdata.loaders import read_table
 
     frame = read_table(path)
+    if frame.empty:
+        raise DataError(f"{path}: relations file has no rows; expected at least one "
+                        f"{list(TRIPLE_COLUMNS)} row, or leave data.options.relations unset")
     missing = [c for c in TRIPLE_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: relations file is missing column(s) {missing}; expected "
                         f"{list(TRIPLE_COLUMNS)} (one item -> relation -> entity link per row), "
                         f"got {list(frame.columns)}")
-    if frame.empty:
-        raise DataError(f"{path}: relations file has no rows; expected at least one "
-                        f"{list(TRIPLE_COLUMNS)} row, or leave data.options.relations unset")
     out = pd.DataFrame(index=frame.index)
     for column in TRIPLE_COLUMNS:
         values = frame[column].map(_clean)

@@ -123,7 +123,8 @@ def parse_amazon_texts(texts: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
         brand = brand.strip().rstrip(".").strip()
         rows.append({"title": title.strip() or clean, "category": category.strip() or None,
                      "brand": brand or None})
-    frame = pd.DataFrame(rows, columns=["title", "category", "brand"])
+    frame = pd.DataFrame(rows, columns=["title", "category", "brand"], dtype=object)
+    frame = frame.astype(object).where(frame.notna(), None)
     report = {"text_items": len(texts), "text_parsed_with_category": counts["with_category_root"],
               "text_parsed_empty_category": counts["empty_category"],
               "text_fallback_split": counts["fallback"],
@@ -267,6 +268,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.DataFrame(rows)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; expected a header row and data") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: could not parse as {suffix[1:]}: {err}") from None
     raise DataError(f"{path}: unsupported extension {suffix!r}; expected .csv, .jsonl or "
