@@ -111,7 +111,8 @@ def train_towers(cfg: DictConfig, run_dir: Path, split: Any = None) -> dict[str,
         module.load_state_dict(state["state_dict"])
     valid = module.evaluate(dm.valid)
     test = module.evaluate(dm.test)
-    save_towers(module.model, run_dir / "towers")
+    save_towers(module.model, run_dir / "towers",
+                extra_meta={"split_fingerprint": split.fingerprint, "data": cfg.data.name})
     segments = ["new" if p == 0 else "long_tail" if lt else "head"
                 for p, lt in zip(dm.item_popularity, dm.long_tail_mask)]
     save_catalogue(run_dir, split.catalogue, dm.item_texts, split.item_popularity, segments)

@@ -380,11 +380,29 @@ def plot_index_scale(index_scale: dict[str, Any], path: Path) -> Path | None:
     return plot(rows, path)
 
 
-def write_report(payload: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``<dataset>.json``, ``<dataset>.md`` and the PNGs into ``out_dir``; returns paths."""
+def _write_text(path: Path, text: str) -> Path:
+    """Write ``text`` atomically (temp file + rename): a kill never leaves half a report."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_report(payload: dict[str, Any], out_dir: str | Path, name: str | None = None
+                 ) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>.md`` and the PNGs into ``out_dir`` (``name`` defaults
+    to the dataset); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = payload.get("report_name") or payload["dataset"]
+    name = name or payload["dataset"]
     payload["anchor"] = ANCHORS.get(payload["dataset"])
     payload["goals"] = goals(payload)
     paths = {"recall_png": plot_recall_curves(payload, out / f"{name}_recall_at_k.png"),
@@ -394,8 +412,7 @@ def write_report(payload: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         if ann is not None:
             paths["ann_png"] = ann
     payload["plots"] = {key: p.name for key, p in paths.items()}
-    paths["json"] = out / f"{name}.json"
-    paths["json"].write_text(json.dumps(_clean(payload), indent=1, allow_nan=False) + "\n")
-    paths["md"] = out / f"{name}.md"
-    paths["md"].write_text(markdown(_clean(payload)))
+    paths["json"] = _write_text(out / f"{name}.json",
+                                json.dumps(_clean(payload), indent=1, allow_nan=False) + "\n")
+    paths["md"] = _write_text(out / f"{name}.md", markdown(_clean(payload)))
     return paths

@@ -39,7 +39,9 @@ SYSTEMS = ("popularity", "bm25", "zero_shot", "two_tower_id", "two_tower_bert",
 TOWER_RUNS = {"two_tower_id": ("artifacts_id", "id", []),
               "two_tower_bert": ("artifacts_bert", "bert", []),
               "two_tower_bert_graph": ("artifacts_graph", "bert", ["tower.graph=true"])}
-DATASETS = ("amazon_scientific", "movielens", "synthetic")
+# the default --systems: the graph towers (issue 16) are opted into with --systems
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "two_tower_bert_graph")
+DATASETS = ("amazon_scientific", "movielens", "synthetic", "files")
 QUICK_DATA = ["data.options.n_items=150", "data.options.n_users=80"]
 QUICK_TRAIN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none",
                "train.batch_size=32", "train.eval_batch_size=64"]
@@ -53,9 +55,13 @@ LIBRARIES = ("torch", "faiss-cpu", "faiss-gpu-cu12", "sentence-transformers", "t
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", choices=DATASETS, default="amazon_scientific")
-    p.add_argument("--systems", default=",".join(SYSTEMS),
-                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--data", choices=DATASETS, default="amazon_scientific",
+                   help="a data config of conf/data/; `files` is your own catalogue + events "
+                        "(--set data.options.catalogue=... --set data.options.events=...)")
+    p.add_argument("--name", help="report name: <out>/<name>.{json,md,png} (default: --data)")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all but "
+                        "two_tower_bert_graph)")
     p.add_argument("--artifacts-bert", type=Path, help="run dir of the BERT towers (+ reranker/)")
     p.add_argument("--artifacts-id", type=Path, help="run dir of the ID towers")
     p.add_argument("--artifacts-graph", type=Path,
@@ -71,7 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="tiny synthetic data, tiny towers and reranker, few sessions (< 1 min)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--report-name", help="file name stem of the report (default: --data)")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/encoder"))
     p.add_argument("--encoder", help="zero-shot sentence model dir (default: bundled MiniLM)")
     p.add_argument("--zero-shot-decay", type=float, default=0.8,
@@ -105,11 +110,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             args.artifacts_root = args.out / "artifacts"
         if args.cache_dir == Path(".cache/encoder"):
             args.cache_dir = args.out / "cache"
+    args.name = args.name or args.data
     args.artifacts_bert = args.artifacts_bert or args.artifacts_root / f"{args.data}_bert"
     args.artifacts_id = args.artifacts_id or args.artifacts_root / f"{args.data}_id"
     args.artifacts_graph = (args.artifacts_graph
                             or args.artifacts_root / f"{args.data}_bert_graph")
     return args
+
+
+def required_artifacts(args: argparse.Namespace) -> dict[str, Path]:
+    """The run dirs the requested systems need (towers; the reranker for +rerank)."""
+    need: dict[str, Path] = {}
+    if "two_tower_id" in args.systems:
+        need["two_tower_id"] = args.artifacts_id / "towers" / "towers.json"
+    if {"two_tower_bert", "two_tower_bert+rerank"} & set(args.systems):
+        need["two_tower_bert"] = args.artifacts_bert / "towers" / "towers.json"
+    if "two_tower_bert+rerank" in args.systems:
+        need["two_tower_bert+rerank"] = args.artifacts_bert / "reranker"
+    if "two_tower_bert_graph" in args.systems:
+        need["two_tower_bert_graph"] = args.artifacts_graph / "towers" / "towers.json"
+    return need
+
+
+def check_artifacts(args: argparse.Namespace) -> None:
+    """Before any work: every requested system's artifacts exist, or ``--train`` makes them;
+    else one BenchmarkError naming what is missing and the command that makes it."""
+    if args.train:
+        return
+    missing = {name: path for name, path in required_artifacts(args).items()
+               if not path.exists()}
+    if missing:
+        name, path = next(iter(missing.items()))
+        raise BenchmarkError(
+            f"{len(missing)} requested system(s) lack trained artifacts ({', '.join(missing)}; "
+            f"first: {path} not found); train them with --train (make bench "
+            f"BENCH_ARGS=--train: towers + reranker, see the README for how long), pass "
+            "--artifacts-bert/--artifacts-id/--artifacts-graph, or drop them with --systems")
+
+
+def check_split(run_dir: Path, fingerprint: str) -> None:
+    """Refuse towers trained on another split (data, seed or held-out items differ)."""
+    from engine.artifacts import ArtifactPaths
+    from engine.errors import ArtifactsError
+
+    try:
+        ArtifactPaths(run_dir).check_split(fingerprint)
+    except ArtifactsError as err:
+        raise BenchmarkError(f"{err}; pass the same --data/--seed/--set as their training, or "
+                             "--train") from None
 
 
 def machine_info() -> dict[str, Any]:
@@ -227,6 +275,7 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     from benchmarks.systems import SEGMENTS, RerankedRetriever, evaluate, evaluation_variants
     from recdata import catalogue_texts, load_dataset, split_dataset
 
+    check_artifacts(args)
     memory, trained = StepMemory(), {}
     wanted = set(args.systems) | ({"two_tower_bert"} if "two_tower_bert+rerank" in args.systems
                                   else set())
@@ -238,6 +287,9 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         data_cfg = compose_data_config(args)
         split = split_dataset(load_dataset(data_cfg["source"], **data_cfg["options"]),
                               **data_cfg["split"])
+    for name, path in required_artifacts(args).items():
+        if name != "two_tower_bert+rerank" and path.exists():
+            check_split(path.parent.parent, split.fingerprint)
     item_ids = split.catalogue["item_id"].astype(str).tolist()
     popularity = split.item_popularity.reindex(item_ids).to_numpy()
     long_tail_mask = np.isin(item_ids, list(split.long_tail))
@@ -288,8 +340,7 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         log.info("%s: %s", name, {k: v for k, v in systems[name].items()
                                   if k in ("status", "reason", "eval_seconds")})
     payload: dict[str, Any] = {
-        "dataset": args.data, "report_name": args.report_name or args.data,
-        "systems": systems, "segments": list(SEGMENTS),
+        "dataset": args.data, "systems": systems, "segments": list(SEGMENTS),
         "rerank_comparison": comparison, "data_config": data_cfg,
         "split": {"protocol": split.protocol, "items": len(item_ids),
                   "test_rows": len(split.test), "new_items_held_out": len(split.new_items),
@@ -348,18 +399,30 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from benchmarks.machine import git_commit
     from benchmarks.report import write_report
 
+    incomplete = [name for name, res in payload["systems"].items() if res["status"] != "ok"]
     payload.update(
         command="python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv),
-        started_at=started_at, wall_seconds=round(time.perf_counter() - started, 1),
+        **git_commit(), started_at=started_at,
+        wall_seconds=round(time.perf_counter() - started, 1),
         machine=machine_info(), seeds={"split_and_training": args.seed,
-                                       "rerank_sample": args.seed, "latency_sample": args.seed})
-    paths = write_report(payload, args.out)
+                                       "rerank_sample": args.seed, "latency_sample": args.seed},
+        incomplete=incomplete)
+    # a run that lost a requested system never replaces a complete report: it goes beside it
+    name = f"{args.name}.partial" if incomplete else args.name
+    paths = write_report(payload, args.out, name=name)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     for goal in payload["goals"]:
         print(f"  goal {goal['status']:>12}: {goal['goal']} {goal['target']} "
               f"(measured {goal['measured']})")
+    if incomplete:
+        reasons = "; ".join(f"{n}: {payload['systems'][n].get('reason')}" for n in incomplete)
+        print(f"error: {len(incomplete)} requested system(s) did not complete ({reasons}); the "
+              f"report went to {paths['json']} and {args.out / (args.name + '.json')} was left "
+              "as it was", file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 

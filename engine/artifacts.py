@@ -123,6 +123,17 @@ class ArtifactPaths:
         """``index/manifest.json``: dim, count, kind, model_fingerprint, ..."""
         return self._read_json(self.index / "manifest.json", "index")
 
+    def check_split(self, fingerprint: str) -> None:
+        """Refuse towers trained on another split: their recorded ``split_fingerprint`` (data,
+        split settings, seed, held-out items) must equal ``fingerprint``."""
+        recorded = self.towers_meta().get("split_fingerprint")
+        if recorded != fingerprint:
+            what = ("record no split fingerprint (trained before it was recorded)"
+                    if recorded is None else f"were trained on another split "
+                    f"(split_fingerprint {recorded} != {fingerprint})")
+            raise ArtifactsError(f"{self.towers} {what}; retrain them on this data config with "
+                                 f"`{self.command_for('towers')}` and the same data overrides")
+
     def check_index_matches_towers(self) -> dict[str, Any]:
         """Refuse an index built from other towers (fingerprints differ); returns its manifest."""
         manifest = self.index_manifest()

@@ -86,7 +86,10 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
     from rerank import Reranker, build_groups, build_pairs, train_reranker
     from towers import load_towers
 
+    from engine.artifacts import ArtifactPaths
+
     run_dir = Path(run_dir)
+    ArtifactPaths(run_dir).check_split(split.fingerprint)  # candidates must come from this split
     model = load_towers(run_dir / "towers")
     catalogue = load_catalogue(run_dir)
     texts = dict(zip(catalogue["item_id"], catalogue["text"]))

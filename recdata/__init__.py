@@ -40,7 +40,7 @@ def load_dataset(source: str, **options: Any) -> Dataset:
     """Load one source by name; ``options`` are that loader's keyword arguments.
 
     synthetic: n_items, n_users, seed, ...; amazon_unisrec: root, name; movielens: root,
-    min_rating; files: catalogue, events, name.
+    min_rating; files: catalogue, events, name, tags, relations (both optional).
     """
     if source == "synthetic":
         from recdata.synthetic import generate_synthetic
@@ -53,9 +53,10 @@ def load_dataset(source: str, **options: Any) -> Dataset:
     if source == "movielens":
         return loaders.load_movielens(resolve_path(options.pop("root")), **options)
     if source == "files":
-        relations = options.pop("relations", None)
+        tags, relations = options.pop("tags", None), options.pop("relations", None)
         return loaders.load_files(resolve_path(options.pop("catalogue")),
                                   resolve_path(options.pop("events")),
+                                  tags=resolve_path(tags) if tags else None,
                                   relations=resolve_path(relations) if relations else None,
                                   **options)
     raise DataError(f"data.source must be one of {list(SOURCES)}, got {source!r}")

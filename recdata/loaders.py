@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recdata.schema import DataError, Dataset, validate_catalogue, validate_events
+from recdata.schema import (
+    DataError,
+    Dataset,
+    validate_catalogue,
+    validate_events,
+    validate_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +214,10 @@ def load_amazon_unisrec(root: str | Path, name: str = "Scientific") -> Dataset:
 def load_movielens(root: str | Path, min_rating: float = 0.0) -> Dataset:
     """Load GroupLens MovieLens (``movies.csv``, ``ratings.csv``, optional ``tags.csv``).
 
-    Movies are items (text: title, genres as category, the movie's most frequent tags as
-    attributes); ratings >= ``min_rating`` are ``rate`` events with their unix timestamps.
+    Movies are items (text: title, genres as category); ratings >= ``min_rating`` are ``rate``
+    events with their unix timestamps. ``tags.csv`` becomes ``Dataset.item_tags`` (with each
+    tag's timestamp and author), not catalogue text: the split adds to an item's text only the
+    tags written before its training cut (``recdata.splits``).
     """
     root = Path(root)
     hint = f"expected MovieLens movies.csv and ratings.csv in {root}; set data.root"
@@ -225,25 +233,26 @@ def load_movielens(root: str | Path, min_rating: float = 0.0) -> Dataset:
                             f"{list(frame.columns)}")
     genres = movies["genres"].fillna("").map(
         lambda g: [x for x in g.split("|") if x and x != "(no genres listed)"])
-    attributes = [None] * len(movies)
+    catalogue = pd.DataFrame({"item_id": movies["movieId"], "title": movies["title"],
+                              "category": genres.map(lambda g: ", ".join(g) or None)})
+    catalogue = validate_catalogue(catalogue, str(root / "movies.csv"))
+    item_tags = None
     tags_path = root / "tags.csv"
     if tags_path.is_file():
-        tags = pd.read_csv(tags_path, dtype={"movieId": str})
-        tags["tag"] = tags["tag"].astype(str).str.strip().str.lower()
-        top = (tags.groupby(["movieId", "tag"]).size().rename("n").reset_index()
-               .sort_values(["movieId", "n", "tag"], ascending=[True, False, True])
-               .groupby("movieId")["tag"].agg(lambda t: ", ".join(list(t)[:8])))
-        attributes = [{"tags": top[m]} if m in top.index else None for m in movies["movieId"]]
-    catalogue = pd.DataFrame({"item_id": movies["movieId"], "title": movies["title"],
-                              "category": genres.map(lambda g: ", ".join(g) or None),
-                              "attributes": attributes})
-    catalogue = validate_catalogue(catalogue, str(root / "movies.csv"))
+        tags = pd.read_csv(tags_path, dtype={"movieId": str, "userId": str})
+        missing = [c for c in ("userId", "movieId", "tag", "timestamp") if c not in tags.columns]
+        if missing:
+            raise DataError(f"{tags_path}: missing column(s) {missing}; got {list(tags.columns)}")
+        item_tags = validate_tags(tags.rename(columns={"movieId": "item_id", "userId": "user_id",
+                                                       "timestamp": "ts"}),
+                                  str(tags_path), catalogue["item_id"])
     kept = ratings.loc[ratings["rating"] >= min_rating]
     events = pd.DataFrame({"user_id": kept["userId"], "item_id": kept["movieId"],
                            "ts": kept["timestamp"], "event": "rate",
                            "weight": kept["rating"].astype(float)})
     events, report = validate_events(events, str(root / "ratings.csv"), catalogue["item_id"])
-    return Dataset(name="movielens", catalogue=catalogue, events=events, report=report)
+    return Dataset(name="movielens", catalogue=catalogue, events=events, report=report,
+                   item_tags=item_tags)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -277,18 +286,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def load_files(catalogue: str | Path, events: str | Path, name: str = "files",
-               relations: str | Path | None = None) -> Dataset:
-    """Load the user's own catalogue and events files (columns of DESIGN.md), and optionally a
-    relations file (``item_id, relation, entity``: the item knowledge graph, recdata.graph)."""
+               tags: str | Path | None = None, relations: str | Path | None = None
+               ) -> Dataset:
+    """Load the user's own catalogue and events files (columns of DESIGN.md), optionally a
+    time-stamped tags file (``item_id, tag, ts[, user_id]``) that the split folds into item
+    text up to the training cut only, and a relations file (``item_id, relation, entity``: the
+    item knowledge graph, recdata.graph)."""
     cat = validate_catalogue(read_table(catalogue), str(catalogue))
     if cat["attributes"].map(lambda a: isinstance(a, str)).any():
         cat["attributes"] = cat["attributes"].map(
             lambda a: json.loads(a) if isinstance(a, str) and a.startswith("{") else a)
     ev, report = validate_events(read_table(events), str(events), cat["item_id"])
+    item_tags = validate_tags(read_table(tags), str(tags), cat["item_id"]) if tags else None
     triples = None
     if relations is not None and str(relations).strip():
         from recdata.graph import read_relations
 
         triples, relations_report = read_relations(relations, cat["item_id"])
         report = {**report, **relations_report}
-    return Dataset(name=name, catalogue=cat, events=ev, report=report, relations=triples)
+    return Dataset(name=name, catalogue=cat, events=ev, report=report, item_tags=item_tags,
+                   relations=triples)

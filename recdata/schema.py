@@ -29,7 +29,12 @@ CATALOGUE_OPTIONAL: tuple[str, ...] = (
 EVENTS_REQUIRED: tuple[str, ...] = ("user_id", "item_id", "ts", "event")
 EVENTS_OPTIONAL: tuple[str, ...] = ("query", "weight")
 USER_SEGMENTS: tuple[str, ...] = ("new_user", "cold_user", "warm_user")
-TARGET_SEGMENTS: tuple[str, ...] = ("head", "long_tail", "new")
+# Target segments of valid/test rows: ``new`` = the seeded held-out items (never in training),
+# ``unseen`` = any other item without a training interaction, ``head`` / ``long_tail`` by
+# training popularity (see recdata.splits).
+TARGET_SEGMENTS: tuple[str, ...] = ("head", "long_tail", "new", "unseen")
+# Optional time-stamped item text: one row per tag (MovieLens tags.csv, a ``files`` tags file).
+TAG_COLUMNS: tuple[str, ...] = ("item_id", "tag", "ts", "user_id")
 # Example columns shared by train / valid / test frames (see SplitData).
 EXAMPLE_COLUMNS: tuple[str, ...] = (
     "user_id", "hist_items", "hist_types", "hist_queries", "target",
@@ -46,6 +51,9 @@ class Dataset:
 
     ``predefined`` optionally carries a split fixed by the source (the UniSRec files), as a dict
     of ``{"train": frame, "valid": frame, "test": frame}`` of examples (EXAMPLE_COLUMNS).
+    ``item_tags`` optionally carries time-stamped item text (TAG_COLUMNS). It is never part of
+    ``catalogue``: the split adds to each item's text only the tags written before its training
+    cut, so no text from the future reaches training or evaluation.
     """
 
     name: str
@@ -55,6 +63,7 @@ class Dataset:
     report: dict[str, int] = field(default_factory=dict)  # what validation counted / dropped
     # item -> relation -> entity links from a relations file (recdata.graph.read_relations)
     relations: pd.DataFrame | None = None
+    item_tags: pd.DataFrame | None = None
 
 
 @dataclass
@@ -64,12 +73,19 @@ class SplitData:
     Example frames (``train``, ``valid``, ``test``) have one row per (context -> next item):
     ``user_id``; ``hist_items`` (list[str | None], chronological, oldest first, None for a
     search); ``hist_types`` (list[str], an EVENT_TYPES entry per history event);
-    ``hist_queries`` (list[str | None], the query text of search events); ``target`` (item_id).
-    ``valid`` and ``test`` also carry ``user_segment`` and ``target_segment``.
+    ``hist_queries`` (list[str | None], the query text of search events); ``target`` (item_id);
+    ``target_ts`` (the target event's ``ts``). ``valid`` and ``test`` also carry
+    ``user_segment`` and ``target_segment``.
 
     ``item_popularity``: training interaction count for every catalogue item (0 for none),
     indexed by item_id in catalogue order. ``new_items``: the seeded held-out items (no training
     or validation interactions). ``long_tail``: item_ids in the long tail of training popularity.
+    ``catalogue`` is the source's catalogue with the time-stamped text (tags) written before
+    ``cut_ts`` folded into ``attributes``; ``item_tags`` holds those tags (None without any).
+    ``cut_ts``: the training cut — the time protocol's validation cut, or under ``loo`` the
+    earliest validation/test target's ``ts``. ``fingerprint``: a hash of the data (catalogue ids,
+    events), the split settings, the seed and the held-out item set: artifacts record it, and
+    whatever evaluates artifacts refuses ones made on another split.
     ``relations``: the dataset's relations-file triples, if any (catalogue content, not events).
     """
 
@@ -83,6 +99,9 @@ class SplitData:
     long_tail: frozenset[str]
     protocol: str = "loo"
     relations: pd.DataFrame | None = None  # Dataset.relations (item_id, relation, entity)
+    item_tags: pd.DataFrame | None = None
+    cut_ts: int | None = None
+    fingerprint: str = ""
 
 
 def _fail(source: str, msg: str) -> DataError:
@@ -188,3 +207,33 @@ def validate_events(
     ev = ev.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
     report["events_out"] = int(len(ev))
     return ev[list(EVENTS_REQUIRED) + list(EVENTS_OPTIONAL)], report
+
+
+def validate_tags(frame: pd.DataFrame, source: str, known_items: set[str] | pd.Index
+                  ) -> pd.DataFrame:
+    """Check and normalise a tags frame (item_id, tag, ts, optional user_id): lower-cased,
+    stripped tags; rows with an empty tag or an item not in the catalogue are dropped (counted
+    in a warning); a non-integer ``ts`` raises DataError naming the row."""
+    missing = [c for c in ("item_id", "tag", "ts") if c not in frame.columns]
+    if missing:
+        raise _fail(source, f"tags are missing column(s) {missing}; expected item_id, tag, ts "
+                    f"[, user_id], got {list(frame.columns)}")
+    tags = frame.copy()
+    ts = pd.to_numeric(tags["ts"], errors="coerce")
+    bad_ts = ts.isna() | (ts != ts.round())
+    if bad_ts.any():
+        row = int(np.flatnonzero(bad_ts.to_numpy())[0])
+        raise _fail(source, f"column 'ts' row {row + 1}: expected an integer (unix seconds), got "
+                    f"{frame['ts'].iloc[row]!r}")
+    tags["ts"] = ts.astype("int64")
+    tags["item_id"] = tags["item_id"].astype(str).str.strip()
+    tags["tag"] = _optional_str(tags["tag"]).map(
+        lambda t: " ".join(t.lower().split()) if isinstance(t, str) else None)
+    tags["user_id"] = (_optional_str(tags["user_id"]) if "user_id" in tags.columns
+                       else pd.Series([None] * len(tags), index=tags.index, dtype=object))
+    unknown = ~tags["item_id"].isin(pd.Index(known_items))
+    empty = tags["tag"].isna()
+    if (unknown | empty).any():
+        log.warning("%s: dropped %d tag row(s) naming items not in the catalogue and %d empty "
+                    "tag(s)", source, int(unknown.sum()), int((empty & ~unknown).sum()))
+    return tags.loc[~unknown & ~empty, list(TAG_COLUMNS)].reset_index(drop=True)

@@ -5,13 +5,19 @@ Definitions (also in the README):
   are the non-search ones.
 - user segment: ``new_user`` 0 item events in the context (a search query at most),
   ``cold_user`` 1-3, ``warm_user`` more than 3.
-- target segment: ``new`` the item has no training interaction (held out, or never seen),
-  ``head`` the most popular items that together hold ``head_share`` (default 80%) of the
+- target segment: ``new`` the item is one of the seeded held-out items (never in training),
+  ``unseen`` any other item without a training interaction (e.g. first bought after the
+  cut), ``head`` the most popular items that together hold ``head_share`` (default 80%) of the
   training interactions, ``long_tail`` every other item with training interactions.
+- training cut (``cut_ts``): the time protocol's validation cut; under ``loo`` the earliest
+  validation or test target's ``ts``. Time-stamped item text (tags) written at or after it is
+  left out of the split's catalogue.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterable
 
@@ -36,13 +42,16 @@ def _user_sequences(events: pd.DataFrame) -> Iterable[tuple[str, list, list, lis
                group["query"].tolist(), group["ts"].to_numpy())
 
 
-def _example(user: str, items: list, types: list, queries: list, pos: int, cap: int) -> tuple:
+def _example(user: str, items: list, types: list, queries: list, ts: np.ndarray, pos: int,
+             cap: int) -> tuple:
     start = max(0, pos - cap)
-    return (user, items[start:pos], types[start:pos], queries[start:pos], items[pos])
+    return (user, items[start:pos], types[start:pos], queries[start:pos], items[pos],
+            int(ts[pos]))
 
 
 def _frame(rows: list[tuple]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=list(EXAMPLE_COLUMNS))
+    """Example rows: EXAMPLE_COLUMNS plus ``target_ts``, the target event's ``ts``."""
+    return pd.DataFrame(rows, columns=[*EXAMPLE_COLUMNS, "target_ts"])
 
 
 def _target_positions(items: list, types: list, distinct: bool) -> list[int]:
@@ -58,20 +67,24 @@ def _target_positions(items: list, types: list, distinct: bool) -> list[int]:
     return positions
 
 
-def _loo_rows(events: pd.DataFrame, cap: int, distinct: bool) -> tuple[list, list, list,
-                                                                         pd.Index]:
+def _loo_rows(events: pd.DataFrame, cap: int, distinct: bool
+              ) -> tuple[list, list, list, pd.Index, int | None]:
     """Leave-one-out: each user's last target-able item event is test, the one before it valid,
-    the rest (with a non-empty context) train. Users with fewer than 3 only train."""
-    train, valid, test, cut_index = [], [], [], []
-    for user, items, types, queries, _ in _user_sequences(events):
+    the rest (with a non-empty context) train. Users with fewer than 3 only train. Also returns
+    the earliest valid/test target ``ts`` (None when there is none)."""
+    train, valid, test, cut_index, first_held = [], [], [], [], None
+    for user, items, types, queries, ts in _user_sequences(events):
         item_pos = _target_positions(items, types, distinct)
         targets = item_pos[:-2] if len(item_pos) >= 3 else item_pos
         if len(item_pos) >= 3:
-            valid.append(_example(user, items, types, queries, item_pos[-2], cap))
-            test.append(_example(user, items, types, queries, item_pos[-1], cap))
-        train.extend(_example(user, items, types, queries, p, cap) for p in targets if p > 0)
+            valid.append(_example(user, items, types, queries, ts, item_pos[-2], cap))
+            test.append(_example(user, items, types, queries, ts, item_pos[-1], cap))
+            held = int(ts[item_pos[-2]])
+            first_held = held if first_held is None else min(first_held, held)
+        train.extend(_example(user, items, types, queries, ts, p, cap)
+                     for p in targets if p > 0)
         cut_index.append((user, item_pos[-2] if len(item_pos) >= 3 else len(items)))
-    return train, valid, test, pd.Index(cut_index)
+    return train, valid, test, pd.Index(cut_index), first_held
 
 
 def _time_rows(events: pd.DataFrame, cap: int, valid_frac: float, test_frac: float,
@@ -88,8 +101,10 @@ def _time_rows(events: pd.DataFrame, cap: int, valid_frac: float, test_frac: flo
                 continue
             t = ts[pos]
             rows = train if t < t_valid else valid if t < t_test else test
-            rows.append(_example(user, items, types, queries, pos, cap))
-    return train, valid, test, int(t_valid)
+            rows.append(_example(user, items, types, queries, ts, pos, cap))
+    # ts are integers, so t < t_valid <=> t < ceil(t_valid): the training events and the
+    # training targets are cut at the same instant
+    return train, valid, test, int(np.ceil(t_valid))
 
 
 def _drop_items(frame: pd.DataFrame, items: frozenset[str], keep_targets: bool) -> pd.DataFrame:
@@ -115,14 +130,56 @@ def head_items(popularity: pd.Series, head_share: float) -> frozenset[str]:
     return frozenset(ranked.index[:n_head])
 
 
-def label_segments(frame: pd.DataFrame, popularity: pd.Series, head: frozenset[str]
-                   ) -> pd.DataFrame:
-    """Add user_segment and target_segment columns to an example frame."""
+def label_segments(frame: pd.DataFrame, popularity: pd.Series, head: frozenset[str],
+                   new_items: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """Add user_segment and target_segment columns to an example frame (module docstring)."""
     n_items = frame["hist_types"].map(lambda t: sum(k != "search" for k in t))
     pop = frame["target"].map(popularity).fillna(0)
-    target_seg = np.where(pop == 0, "new", np.where(frame["target"].isin(head), "head",
-                                                    "long_tail"))
+    target_seg = np.where(frame["target"].isin(new_items), "new",
+                          np.where(pop == 0, "unseen",
+                                   np.where(frame["target"].isin(head), "head", "long_tail")))
     return frame.assign(user_segment=n_items.map(user_segment), target_segment=target_seg)
+
+
+TOP_TAGS = 8  # an item's most frequent tags (before the cut) become its text attribute "tags"
+
+
+def fold_tags(catalogue: pd.DataFrame, tags: pd.DataFrame | None, top: int = TOP_TAGS
+              ) -> pd.DataFrame:
+    """The catalogue with each item's ``top`` most frequent ``tags`` (ties by name) added to
+    its ``attributes`` as ``{"tags": "a, b"}``; items without tags are unchanged."""
+    if tags is None or tags.empty:
+        return catalogue
+    ranked = (tags.groupby(["item_id", "tag"]).size().rename("n").reset_index()
+              .sort_values(["item_id", "n", "tag"], ascending=[True, False, True])
+              .groupby("item_id")["tag"].agg(lambda t: ", ".join(list(t)[:top])))
+
+    def merged(item_id: str, attributes: object) -> object:
+        if item_id not in ranked.index:
+            return attributes
+        base = dict(attributes) if isinstance(attributes, dict) else {}
+        return {**base, "tags": ranked[item_id]}
+
+    return catalogue.assign(attributes=[merged(i, a) for i, a in
+                                        zip(catalogue["item_id"], catalogue["attributes"])])
+
+
+def split_fingerprint(dataset: Dataset, settings: dict, new_items: frozenset[str]) -> str:
+    """sha256 (hex, 16 chars) of the data (catalogue ids, events, tags), the split settings
+    (seed included) and the held-out item set: equal iff two splits hold the same rows."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"name": dataset.name, **settings}, sort_keys=True,
+                             default=str).encode())
+    digest.update(json.dumps(sorted(new_items)).encode())
+    digest.update(pd.util.hash_pandas_object(dataset.catalogue["item_id"], index=False)
+                  .to_numpy().tobytes())
+    columns = ["user_id", "item_id", "ts", "event", "query"]
+    digest.update(pd.util.hash_pandas_object(dataset.events[columns], index=False)
+                  .to_numpy().tobytes())
+    if dataset.item_tags is not None:
+        digest.update(pd.util.hash_pandas_object(dataset.item_tags, index=False)
+                      .to_numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def split_dataset(
@@ -151,17 +208,20 @@ def split_dataset(
         raise DataError(f"new_item_share must be in [0, 1), got {new_item_share}")
     events = dataset.events
     if protocol == "loo":
-        train, valid, test, cuts = _loo_rows(events, history_cap, distinct_targets)
+        train, valid, test, cuts, cut_ts = _loo_rows(events, history_cap, distinct_targets)
         cut_at = dict(cuts)
         pos_in_user = events.groupby("user_id").cumcount().to_numpy()
         before = pos_in_user < events["user_id"].map(cut_at).to_numpy()
     else:
         if events["ts"].nunique() < 3:
             raise DataError(f"{dataset.name}: the 'time' protocol needs timestamps; use 'loo'")
-        train, valid, test, t_valid = _time_rows(events, history_cap, valid_frac, test_frac,
-                                                 distinct_targets)
-        before = (events["ts"] < t_valid).to_numpy()
-    catalogue = dataset.catalogue
+        train, valid, test, cut_ts = _time_rows(events, history_cap, valid_frac, test_frac,
+                                                distinct_targets)
+        before = (events["ts"] < cut_ts).to_numpy()
+    tags = dataset.item_tags
+    if tags is not None and cut_ts is not None:
+        tags = tags.loc[tags["ts"] < cut_ts].reset_index(drop=True)
+    catalogue = fold_tags(dataset.catalogue, tags)
     rng = np.random.default_rng(seed)
     n_new = int(round(new_item_share * len(catalogue)))
     new_items = frozenset(rng.choice(catalogue["item_id"].to_numpy(), n_new, replace=False)
@@ -174,12 +234,18 @@ def split_dataset(
     train_df = _drop_items(_frame(train), new_items, keep_targets=False)
     valid_df = _drop_items(_frame(valid), new_items, keep_targets=False)
     test_df = _frame(test)
+    settings = {"protocol": protocol, "history_cap": history_cap,
+                "new_item_share": new_item_share, "head_share": head_share, "seed": seed,
+                "valid_frac": valid_frac, "test_frac": test_frac,
+                "distinct_targets": distinct_targets}
     return SplitData(
         catalogue=catalogue, train_events=train_events, train=train_df,
-        valid=label_segments(valid_df, popularity, head),
-        test=label_segments(test_df, popularity, head),
+        valid=label_segments(valid_df, popularity, head, new_items),
+        test=label_segments(test_df, popularity, head, new_items),
         item_popularity=popularity, new_items=new_items, long_tail=long_tail, protocol=protocol,
         relations=dataset.relations,
+        item_tags=tags, cut_ts=None if cut_ts is None else int(cut_ts),
+        fingerprint=split_fingerprint(dataset, settings, new_items),
     )
 
 

@@ -120,7 +120,7 @@ def test_rerank_reorders_only_the_candidates_among_their_own_positions() -> None
     assert reranked.stats()["scored_pairs"] == 3
 
 
-def test_rerank_policy_never_leaves_the_towers_ranking_unchanged() -> None:
+def test_rerank_policy_mode_never_keeps_the_towers_ranking() -> None:
     towers = np.array([[0.1, 0.9, 0.5]], dtype=np.float32)
     reranked = RerankedRetriever(_FixedTowers(towers), _OracleReranker("text a"),
                                  RerankPolicy(mode="never"), ["a", "b", "c"],
@@ -190,15 +190,34 @@ def test_unknown_system_is_a_usage_error() -> None:
     assert stop.value.code == 2
 
 
-def test_missing_artifacts_skip_the_system_and_say_why(tmp_path: Path) -> None:
+def test_missing_artifacts_stop_the_run_before_any_work(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "synthetic.json").write_text("committed report")
     code = bench_run.main(["--quick", "--systems", "popularity,two_tower_id", "--artifacts-id",
-                           str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
-    assert code == 0
-    report = json.loads((tmp_path / "out" / "synthetic.json").read_text())
-    assert report["systems"]["popularity"]["status"] == "ok"
-    skipped = report["systems"]["two_tower_id"]
-    assert skipped["status"] == "skipped" and "nowhere" in skipped["reason"]
-    assert "no BERT towers" in report["latency"]["error"]
+                           str(tmp_path / "nowhere"), "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "nowhere" in err[0]
+    assert "--train" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["synthetic.json"]
+    assert (out / "synthetic.json").read_text() == "committed report"
+
+
+def test_a_failed_system_writes_a_partial_report_beside_the_complete_one(tmp_path: Path,
+                                                                        capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "synthetic.json").write_text("committed report")
+    code = bench_run.main(["--quick", "--systems", "popularity,zero_shot", "--encoder",
+                           str(tmp_path / "no-model"), "--out", str(out)])
+    assert code == 1
+    assert (out / "synthetic.json").read_text() == "committed report"
+    partial = json.loads((out / "synthetic.partial.json").read_text())
+    assert partial["incomplete"] == ["zero_shot"]
+    assert partial["systems"]["popularity"]["status"] == "ok"
+    assert partial["systems"]["zero_shot"]["status"] == "error"
+    assert "did not complete" in capsys.readouterr().err
 
 
 def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
@@ -230,6 +249,7 @@ def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
     assert report["index_scale"]["summary"]
     assert report["machine"]["libraries"]["torch"]
     assert report["command"].startswith("python benchmarks/run.py --quick")
+    assert len(report["commit"]) == 40 and report["incomplete"] == []
     assert {g["status"] for g in report["goals"]} <= {"met", "missed", "not measured", "n/a"}
     markdown = (out / "synthetic.md").read_text()
     for heading in ("## Quality, history masked (headline)", "| system | n | R@10 |",
@@ -245,3 +265,40 @@ def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
                                     "model_fingerprint": "other towers"}))
     assert ensure_index(run_dir)["items"] > 0
     assert ensure_index(run_dir) is None
+    # towers trained on one split are refused on another (here: another holdout seed)
+    with pytest.raises(bench_run.BenchmarkError, match="another split"):
+        bench_run.run_all(bench_run.parse_args([
+            "--quick", "--out", str(out), "--systems", "two_tower_bert", "--artifacts-bert",
+            str(run_dir), "--set", "data.split.seed=7"]))
+
+
+def test_ablation_grid_records_each_row_and_reruns_only_what_is_asked(tmp_path: Path) -> None:
+    from benchmarks import ablations
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "name: tiny_grid\ntitle: tiny\nbase: [tower=tiny, data.options.n_items=120, "
+        "data.options.n_users=60, logger=none, trainer.max_epochs=1, train.batch_size=32, "
+        f"threads=1, cache_dir={tmp_path}/cache]\n"
+        "rows:\n  - key: a\n    label: defaults\n"
+        "  - key: b\n    label: no history mask\n    overrides: [loss.mask_history=false]\n")
+    out, art = tmp_path / "out", tmp_path / "art"
+    assert ablations.main([str(grid), "--out", str(out), "--artifacts-dir", str(art)]) == 0
+    result = json.loads((out / "tiny_grid.json").read_text())
+    assert [row["key"] for row in result["rows"]] == ["a", "b"]
+    for row in result["rows"]:
+        recorded = json.loads((art / f"tiny_grid_{row['key']}" / "metrics.json").read_text())
+        assert row["valid_masked"]["recall_at_10"] == recorded["valid"]["masked"]["overall"][
+            "recall_at_10"]
+        assert row["test_unmasked"]["ndcg_at_10"] == recorded["test"]["unmasked"]["overall"][
+            "ndcg_at_10"]
+        assert row["command"].startswith("python train.py tower=tiny")
+        assert len(row["commit"]) == 40 and row["seed"] == 0
+    assert "loss.mask_history=false" in result["rows"][1]["command"]
+    # --only re-runs one row and keeps the other as it was
+    kept = result["rows"][0]
+    assert ablations.main([str(grid), "--out", str(out), "--artifacts-dir", str(art),
+                           "--only", "b"]) == 0
+    again = json.loads((out / "tiny_grid.json").read_text())
+    assert again["rows"][0] == kept and again["rows"][1]["finished_at"] >= kept["finished_at"]
+    assert ablations.main([str(grid), "--out", str(out), "--only", "zzz"]) == 2

@@ -30,8 +30,13 @@ def test_every_choice_composes(group: str, choice: str) -> None:
                     "movielens": "movielens"}
         assert cfg.data.name == expected[choice]
         return
-    resolved = OmegaConf.to_container(cfg[group], resolve=group != "tower" or choice == "id")
-    assert isinstance(resolved, dict)
+    # the choice took effect: the composed node holds exactly what its file says (unresolved),
+    # and it resolves (the towers' model path resolver aside)
+    own = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{choice}.yaml"), resolve=False)
+    composed = OmegaConf.to_container(cfg[group], resolve=False)
+    own.pop("defaults", None)
+    assert own and {key: composed.get(key) for key in own} == own
+    OmegaConf.to_container(cfg[group], resolve=group != "tower" or choice == "id")
 
 
 @pytest.mark.parametrize("choice", GROUPS["user"])

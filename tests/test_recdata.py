@@ -10,6 +10,7 @@ import pytest
 
 from recdata import (
     DataError,
+    catalogue_texts,
     item_text,
     load_dataset,
     resolve_path,
@@ -143,7 +144,8 @@ def test_loo_split_on_a_hand_case(tmp_path: Path) -> None:
     assert sorted(split.train["target"]) == ["A", "B"]
     assert split.item_popularity.to_dict() == {"A": 1, "B": 2, "C": 0, "D": 0}
     assert test.loc["u1", "user_segment"] == "cold_user"  # 3 item events + a search
-    assert test.loc["u1", "target_segment"] == "new"
+    assert test.loc["u1", "target_segment"] == "unseen"  # no training interaction, not held out
+    assert test.loc["u1", "target_ts"] == 5 and split.cut_ts == 2  # u2's valid target
 
 
 def test_segments_and_truncation() -> None:
@@ -158,25 +160,35 @@ def test_segments_and_truncation() -> None:
 
 
 def _invariants(split) -> None:
-    """No test target or later event leaks into training; new items never train or validate."""
+    """No held-out target or later event leaks into training; new items never train or
+    validate; text from tags never comes from after the training cut."""
     train_items = {i for h in split.train["hist_items"] for i in h} | set(split.train["target"])
     valid_items = {i for h in split.valid["hist_items"] for i in h} | set(split.valid["target"])
     assert not (train_items & split.new_items) and not (valid_items & split.new_items)
     assert not (set(split.train_events["item_id"].dropna()) & split.new_items)
     assert (split.item_popularity.reindex(list(split.new_items)) == 0).all()
+    valid_ts = split.valid.groupby("user_id")["target_ts"].min()
+    test_ts = split.test.groupby("user_id")["target_ts"].min()
+    held_ts = pd.concat([valid_ts, test_ts]).groupby(level=0).min()  # a user's first held target
     if split.protocol == "loo":
-        last = split.train_events.groupby("user_id")["ts"].max()
-        test = split.test.set_index("user_id")
-        # training events of a user end before that user's validation and test targets
-        for user, ts in last.items():
-            if user in test.index:
-                assert len(test.loc[user, "hist_items"]) >= 1
-        train_keys = set(zip(split.train["user_id"], split.train["target"],
-                             split.train["hist_items"].map(len)))
-        test_keys = set(zip(split.test["user_id"], split.test["target"],
-                            split.test["hist_items"].map(len)))
-        assert not (train_keys & test_keys)
-    assert set(split.test["target_segment"]) <= {"head", "long_tail", "new"}
+        # each user's training events and training targets end before that user's validation
+        # and test targets
+        last_event = split.train_events.groupby("user_id")["ts"].max()
+        last_target = split.train.groupby("user_id")["target_ts"].max()
+        for last in (last_event, last_target):
+            users = last.index.intersection(held_ts.index)
+            assert len(users) > 0
+            assert (last[users] < held_ts[users]).all()
+    else:
+        assert (split.train_events["ts"] < split.cut_ts).all()
+        assert (split.train["target_ts"] < split.cut_ts).all()
+        assert (split.valid["target_ts"] >= split.cut_ts).all()
+        assert split.test["target_ts"].min() >= split.valid["target_ts"].min()
+    if split.item_tags is not None:
+        assert (split.item_tags["ts"] < split.cut_ts).all()
+    assert set(split.test["target_segment"]) <= {"head", "long_tail", "new", "unseen"}
+    assert set(split.test.loc[split.test["target"].isin(split.new_items), "target_segment"]) \
+        <= {"new"}
 
 
 def test_new_item_holdout_invariants(tmp_path: Path) -> None:
@@ -210,11 +222,47 @@ def test_movielens_counts_and_time_split() -> None:
     assert data.events["user_id"].nunique() == 671 and len(data.catalogue) == 9125
     assert "Animation" in data.catalogue.set_index("item_id").loc["1", "category"]
     split = split_dataset(data, protocol="time", new_item_share=0.1)
-    cut = split.train_events["ts"].max()
     assert split.test["target"].isin(data.catalogue["item_id"]).all()
-    train_pairs = set(zip(data.events["user_id"], data.events["item_id"], data.events["ts"]))
-    assert len(train_pairs) > 0 and cut < data.events["ts"].max()
+    # the time cut: every training event and target before it, every valid/test target after
+    assert split.train_events["ts"].max() < split.cut_ts <= split.valid["target_ts"].min()
+    assert split.valid["target_ts"].max() <= split.test["target_ts"].min()
+    assert len(split.test) > 9000 and set(split.test["target_segment"]) == {
+        "head", "long_tail", "new", "unseen"}
     _invariants(split)
+
+
+@needs_movielens
+def test_movielens_item_text_holds_no_tag_from_after_the_training_cut() -> None:
+    data = load_dataset("movielens", root=str(MOVIELENS))
+    split = split_dataset(data, protocol="time", new_item_share=0.1)
+    late = data.item_tags.loc[data.item_tags["ts"] >= split.cut_ts]
+    early = data.item_tags.loc[data.item_tags["ts"] < split.cut_ts]
+    assert len(late) > len(early) > 0  # most MovieLens tags are written after the cut
+    texts = dict(zip(split.catalogue["item_id"], split.catalogue["attributes"]))
+    only_late = set(late["item_id"]) - set(early["item_id"])
+    assert only_late and all(texts[i] is None for i in only_late)
+    for item_id, tags in texts.items():
+        if isinstance(tags, dict):
+            words = set(tags["tags"].split(", "))
+            assert words <= set(early.loc[early["item_id"] == item_id, "tag"]), item_id
+
+
+def test_tags_after_the_cut_never_reach_item_text(tmp_path: Path) -> None:
+    tags = [{"item_id": "A", "tag": "Optics", "ts": 1, "user_id": "u9"},
+            {"item_id": "A", "tag": "spoiler", "ts": 2, "user_id": "u2"},  # at the cut
+            {"item_id": "D", "tag": "future", "ts": 9, "user_id": "u1"},
+            {"item_id": "Z", "tag": "unknown item", "ts": 1}]
+    data = load_files(write(tmp_path / "c.csv", CATALOGUE), write(tmp_path / "e.csv", EVENTS),
+                      tags=write(tmp_path / "t.csv", tags))
+    split = split_dataset(data, protocol="loo", new_item_share=0.0)
+    assert split.cut_ts == 2
+    texts = dict(zip(split.catalogue["item_id"], catalogue_texts(split.catalogue)))
+    assert "tags: optics" in texts["A"] and "spoiler" not in texts["A"]
+    assert "future" not in texts["D"]
+    assert split.item_tags["tag"].tolist() == ["optics"]
+    with pytest.raises(DataError, match="column 'ts' row 1"):
+        load_files(write(tmp_path / "c2.csv", CATALOGUE), write(tmp_path / "e2.csv", EVENTS),
+                   tags=write(tmp_path / "t2.csv", [{"item_id": "A", "tag": "x", "ts": "soon"}]))
 
 
 def test_distinct_targets_are_never_in_their_context() -> None:

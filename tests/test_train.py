@@ -24,12 +24,32 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_all_artifacts(tiny_run: Path) -> None:
+    from benchmarks.systems import TwoTowerRetriever
+    from evaluation import RankingEvaluator
+    from recdata import load_dataset, split_dataset
+    from towers import load_towers
+
     for name in ("config.yaml", "metrics.json", "catalogue.parquet", "towers"):
         assert (tiny_run / name).exists(), name
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     overall = metrics["test"]["masked"]["overall"]
-    assert 0.0 <= overall["recall_at_10"] <= overall["recall_at_50"] <= 1.0
     assert {"user=warm_user", "target=new"} <= set(metrics["test"]["masked"]["by_segment"])
+    # the recorded test figures are those of the saved towers, scored afresh on the same split
+    split = split_dataset(load_dataset("synthetic", n_items=150, n_users=80, seed=0),
+                          new_item_share=0.1, seed=0, distinct_targets=True)
+    model = load_towers(tiny_run / "towers")
+    towers_meta = json.loads((tiny_run / "towers" / "towers.json").read_text())
+    assert towers_meta["split_fingerprint"] == split.fingerprint
+    index = {item_id: n for n, item_id in enumerate(model.item_ids)}
+    evaluator = RankingEvaluator(len(index), np.isin(model.item_ids, list(split.long_tail)))
+    evaluator.add(TwoTowerRetriever(model, model.item_ids, "t").score(split.test),
+                  np.array([index[t] for t in split.test["target"]]),
+                  [np.array([index[i] for i in h if i in index]) for h in
+                   split.test["hist_items"]])
+    again = evaluator.result()["masked"]["overall"]
+    assert overall["count"] == again["count"] == len(split.test)
+    for key in ("recall_at_10", "recall_at_50", "ndcg_at_10"):
+        assert overall[key] == pytest.approx(again[key], abs=1e-6), key
     assert metrics["epochs"] >= 1 and metrics["train_examples"] > 0
     catalogue = pd.read_parquet(tiny_run / "catalogue.parquet")
     assert len(catalogue) == 150 and set(catalogue["segment"]) <= {"head", "long_tail", "new"}

@@ -27,8 +27,11 @@ FORMAT_VERSION = 1
 ITEM_TOWER_CLASSES = {"ItemTower": ItemTower, "IdItemTower": IdItemTower}
 
 
-def save_towers(model: TwoTowerModel, directory: str | Path) -> Path:
-    """Write ``model`` to ``directory`` atomically; returns the directory."""
+def save_towers(model: TwoTowerModel, directory: str | Path,
+                extra_meta: dict | None = None) -> Path:
+    """Write ``model`` to ``directory`` atomically; returns the directory. ``extra_meta`` (JSON
+    values, e.g. the run's ``split_fingerprint``) is stored in towers.json beside the format
+    keys."""
     if model.item_ids is None:
         raise TowerError("save_towers needs the model's item_ids (the catalogue order its item "
                          "indices refer to): build TwoTowerModel(..., item_ids=...)")
@@ -40,7 +43,7 @@ def save_towers(model: TwoTowerModel, directory: str | Path) -> Path:
         user_state = model.user_tower.state_dict()
         save_file({k: v.detach().cpu().contiguous() for k, v in user_state.items()},
                   str(tmp / "user_tower.safetensors"))
-        meta = {"format_version": FORMAT_VERSION,
+        meta = {**(extra_meta or {}), "format_version": FORMAT_VERSION,
                 "item_tower_class": type(model.item_tower).__name__,
                 "user_tower": model.user_tower.config, "dim": model.dim,
                 "fingerprint": fingerprint, "item_ids": model.item_ids}
