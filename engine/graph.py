@@ -145,6 +145,7 @@ class GraphExplainer:
         if relation == BRAND_RELATION:
             return (f"same brand as '{_quote(shared[0])}' you {verb}" if shared
                     else f"more from {_quote(entity)}")
-        if shared:
-            return f"same {relation} '{_quote(entity)}' as '{_quote(shared[0])}' you {verb}"
-        return f"more {relation}: {_quote(entity)}"
+        label = entity if entity.startswith(f"{relation}: ") else f"{relation} '{entity}'"
+        if shared:  # genres, tags, attributes ("colour: black"), relations-file links
+            return f"same {_quote(label)} as '{_quote(shared[0])}' you {verb}"
+        return f"more with {_quote(label)}"

@@ -229,7 +229,7 @@ def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
                  "synthetic_latency.png", "synthetic_ann_recall_qps.png"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "synthetic.json").read_text())
-    assert set(report["systems"]) == set(bench_run.SYSTEMS)
+    assert set(report["systems"]) == set(bench_run.DEFAULT_SYSTEMS)
     for name, system in report["systems"].items():
         assert system["status"] == "ok", (name, system.get("reason"))
         for view in ("masked", "unmasked"):
@@ -302,3 +302,21 @@ def test_ablation_grid_records_each_row_and_reruns_only_what_is_asked(tmp_path: 
     again = json.loads((out / "tiny_grid.json").read_text())
     assert again["rows"][0] == kept and again["rows"][1]["finished_at"] >= kept["finished_at"]
     assert ablations.main([str(grid), "--out", str(out), "--only", "zzz"]) == 2
+
+
+def test_quick_run_with_the_graph_towers_reports_them_and_their_goals(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    code = bench_run.main(["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                           "--systems", "zero_shot,two_tower_bert,two_tower_bert_graph",
+                           "--name", "graph_synthetic", "--latency-sessions", "5"])
+    assert code == 0
+    report = json.loads((out / "graph_synthetic.json").read_text())
+    graph = report["systems"]["two_tower_bert_graph"]
+    assert graph["status"] == "ok", graph.get("reason")
+    assert set(METRICS) <= set(graph["masked"]["overall"])
+    assert "tower.graph=true" in report["training"]["two_tower_bert_graph"]["command"]
+    run = Path(report["training"]["two_tower_bert_graph"]["artifacts"])
+    assert (run / "towers" / "item_tower" / "item_graph.json").exists()
+    goals = {g["goal"]: g for g in report["goals"] if g["goal"].startswith("graph:")}
+    assert len(goals) == 3 and all(g["measured"] is not None for g in goals.values())
+    assert "two_tower_bert_graph" in (out / "graph_synthetic.md").read_text()

@@ -194,5 +194,6 @@ def test_links_for_new_items_follow_the_training_spec(trained) -> None:
     items = pd.DataFrame([{"item_id": "x", "title": "t", "brand": brand_of(0),
                            "category": "group a"}, {"item_id": "y", "title": "u"}])
     assert explainer.links_for(items) == [[("brand", brand_of(0))], []]  # category: none
-    assert category_label("Lab > Glass > Beakers") == "Beakers"
+    assert category_label("Lab > Glassware & Labware") == "Glassware & Labware"
+    assert category_label("Lab > Glass > Beakers") == "Glass Beakers"  # one word: + the level
     assert category_label("Tools > Industrial > Electrical") == "Industrial Electrical"
