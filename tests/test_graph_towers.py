@@ -168,6 +168,9 @@ def test_engine_live_add_rebuild_and_graph_reasons(graph_artifacts, trained) -> 
     np.testing.assert_allclose(vec, trained.item_emb_from_texts(
         [rec.catalogue.set_index("item_id").loc["NEW-1", "text"]], [[("brand", brand_of(2))]]),
         atol=1e-5)
+    _, near = rec.index.search(vec, 6)  # itself, then its brand's warm items
+    assert near[0, 0] == "NEW-1"
+    assert all(trained.item_ids.index(i) % N_GROUPS == 2 for i in near[0, 1:]), near
     # a session on a group-2 item: the graph brings the new item of its brand, and says why
     clicked = trained.item_ids[2]
     result = rec.recommend({"events": [{"type": "click", "item_id": clicked}]}, k=5)
