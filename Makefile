@@ -13,8 +13,10 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZER
 ARTIFACTS ?= artifacts/demo
 PORT   ?= 8000
 DATA   ?= amazon_scientific
+# HMAC key that pseudonymises user ids in the event log; created on first use, never in artifacts
+USER_KEY_FILE ?= .secrets/user.key
 
-.PHONY: install test test-slow test-all lint demo bench serve clean
+.PHONY: install test test-slow test-all lint demo bench serve refresh clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,10 +49,14 @@ demo: $(STAMP)  ## the main job on the embedded synthetic data
 	  $(OFFLINE) $(BIN)/python query.py --session $$f --artifacts $(ARTIFACTS) --pretty || exit 1; done
 
 bench: $(STAMP)  ## make bench [DATA=amazon_scientific|movielens|synthetic] [BENCH_ARGS=--train]
-	$(OFFLINE) $(BIN)/python benchmarks/run.py --data $(DATA) $(BENCH_ARGS)
+	$(OFFLINE) $(BIN)/python -m benchmarks.run --data $(DATA) $(BENCH_ARGS)
 
-serve: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT)
+serve: $(STAMP)  ## the service and its page (http://127.0.0.1:$(PORT)/ui/); loopback; without FIRSTCLICK_API_KEYS set it serves with --no-auth; events log to $(ARTIFACTS)/events
+	$(OFFLINE) $(BIN)/python -m serve --artifacts $(ARTIFACTS) --port $(PORT) \
+	  $(if $(FIRSTCLICK_API_KEYS),,--no-auth) --user-key-file $(USER_KEY_FILE) $(SERVE_ARGS)
+
+refresh: $(STAMP)  ## fine-tune the served run on its event log since the last refresh; the service swaps it in
+	$(OFFLINE) $(BIN)/python -m pipeline.refresh --artifacts $(ARTIFACTS)
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache test-artifacts

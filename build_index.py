@@ -1,19 +1,21 @@
 """``python build_index.py run_name=demo [index=hnsw]``: the run's catalogue -> a FAISS index.
 
-Encodes every catalogue.parquet item with the run's towers (trained items from the item
-tower's table, items added since from their text alone), builds the index chosen by ``index=``
-and saves it atomically to ``artifacts/<run>/index/`` with the towers' fingerprint, which
-loading checks.
+Encodes every catalogue item of the run's current serving state with the run's towers (trained
+items from the item tower's table, items added since from their text alone), builds the index
+chosen by ``index=`` and commits it as a new generation of ``artifacts/<run>/state/`` (the
+catalogue carried over), stamped with the towers' fingerprint and run id, which loading checks.
 
-``add=new_items.jsonl`` / ``remove=[I1,I2]`` edit the saved index and catalogue.parquet in place
-instead (see conf/build_index.yaml). Bad input: one line on stderr, exit 2, nothing written.
+``add=new_items.jsonl`` / ``remove=[I1,I2]`` edit the index and the catalogue instead (see
+conf/build_index.yaml), through ``Recommender.edit_items``: the same code path as the service's
+``POST /items`` / ``DELETE /items/{id}``, under the same writer lock, one generation per edit.
+Bad input: one line on stderr, exit 2, nothing written; the items file is validated before any
+model is loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,50 +24,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.artifacts import ArtifactPaths
 from engine.loading import quiet_libraries
+from pipeline.index_stage import build
 
 log = logging.getLogger("build_index")
 
 
-def build(paths: ArtifactPaths, index_kwargs: dict[str, Any], batch_size: int = 256,
-          progress: bool = True) -> dict[str, Any]:
-    """Encode the whole catalogue and save a fresh index; returns a summary."""
-    from engine.artifacts import load_catalogue
-    from engine.encoding import encode_catalogue
-    from engine.loading import load_model, resolve_device
-    from index import CatalogueIndex
-
-    paths.check(("towers", "catalogue"))
-    start = time.perf_counter()
-    model = load_model(paths, resolve_device(index_kwargs.get("use_gpu")))
-    catalogue = load_catalogue(paths.root)
-    item_ids = catalogue["item_id"].tolist()
-    links = None
-    if getattr(model.item_tower, "graph", None) is not None:  # items added since training
-        from engine.graph import GraphExplainer
-
-        added = catalogue.loc[~catalogue["item_id"].isin(model.item_index)]
-        by_id = dict(zip(added["item_id"], GraphExplainer(model).links_for(added)))
-        links = [by_id.get(i, []) for i in item_ids]
-    item_emb = encode_catalogue(model, item_ids, catalogue["text"].tolist(), batch_size,
-                                progress, links)  # (n_items, dim)
-    index = CatalogueIndex.build(item_emb, item_ids, **index_kwargs)
-    fingerprint = paths.towers_meta()["fingerprint"]
-    index.save(paths.index, manifest_extra={"model_fingerprint": fingerprint, "run": paths.run})
-    return {"index": index.factory_string, "items": len(index), "dim": index.dim,
-            "seconds": round(time.perf_counter() - start, 2), "path": str(paths.index)}
-
-
 def edit(paths: ArtifactPaths, add: str | None, remove: list[str], upsert: bool = False,
          use_gpu: bool | None = None) -> dict[str, Any]:
-    """Remove then add items in the saved index and catalogue.parquet; saves only when every
-    step succeeded."""
+    """Remove then add items: one generation committed by ``Recommender.edit_items``."""
     from engine.artifacts import load_catalogue
-    from engine.catalogue import new_catalogue_rows, read_item_file
     from engine.errors import CatalogueError
+    from engine.items import read_item_file
+    from engine.state import check_run
 
     # check everything against the catalogue before any model is loaded
     paths.check(("towers", "catalogue", "index"))
     paths.check_index_matches_towers()
+    check_run(paths)
     known = set(load_catalogue(paths.root)["item_id"])
     unknown = [i for i in remove if i not in known]
     if unknown:
@@ -73,19 +48,20 @@ def edit(paths: ArtifactPaths, add: str | None, remove: list[str], upsert: bool 
                              f"{unknown[:5]}")
     new_items = read_item_file(add) if add else None
     if new_items is not None:
-        new_ids = new_catalogue_rows(new_items, source=f"add={add}")["item_id"]
-        present = [i for i in new_ids if i in known and i not in remove]
+        present = [i["item_id"] for i in new_items if i["item_id"] in known
+                   and i["item_id"] not in remove]
         if present and not upsert:
             raise CatalogueError(f"add=: {len(present)} item id(s) already in the catalogue: "
                                  f"{present[:5]}; pass upsert=true to replace them")
     from engine.recommender import Recommender
 
     recommender = Recommender.from_artifacts(paths.root, rerank=False, use_gpu=use_gpu)
-    removed = recommender.remove_items(remove) if remove else 0
-    added = recommender.add_items(new_items, upsert=upsert) if new_items is not None else []
-    recommender.save()
-    return {"added": len(added), "removed": removed, "items": recommender.n_items,
-            "path": str(paths.index)}
+    summary = recommender.edit_items(add=new_items, remove=remove, upsert=upsert,
+                                     who=f"build_index.py run_name={paths.run} add={add} "
+                                         f"remove={remove}")
+    return {"added": len(summary["added"]), "removed": summary["removed"],
+            "items": summary["items"], "path": str(paths.index),
+            "generation": summary["generation"]}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -102,12 +78,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.add or remove:
         summary = edit(paths, cfg.add, [str(i) for i in remove], bool(cfg.upsert),
                        index_kwargs.get("use_gpu"))
-        print(f"edited {summary['path']}: +{summary['added']} -{summary['removed']} items, "
-              f"{summary['items']} indexed")
+        print(f"edited {paths.root} (generation {summary['generation']}): "
+              f"+{summary['added']} -{summary['removed']} items, {summary['items']} indexed")
     else:
-        summary = build(paths, index_kwargs, int(cfg.batch_size), bool(cfg.progress))
+        summary = build(paths, index_kwargs, int(cfg.batch_size), bool(cfg.progress),
+                        bool(cfg.get("ranking", True)), cfg.get("zero_shot_model"))
         print(f"built {summary['index']} over {summary['items']} items (dim {summary['dim']}) "
-              f"in {summary['seconds']}s -> {summary['path']}")
+              f"in {summary['seconds']}s -> {summary['path']} (generation "
+              f"{summary['generation']})")
     return summary
 
 

@@ -4,10 +4,12 @@
 session per line, one result per line), or ``-`` for stdin. Output: the result JSON on stdout
 (``--pretty`` for a readable list; ``--timings`` adds a per-stage summary on stderr).
 
-Bad input (unreadable file, malformed JSON, wrong types, unknown event type, k <= 0 or larger
-than the catalogue, missing or mismatched artifacts) prints one ``error: ...`` line on stderr
-and exits 2 with nothing on stdout. Arguments, the session file and the artifacts' json files
-are checked before torch is imported, so mistakes fail in well under a second.
+Bad input (unreadable file, a file past MAX_FILE_BYTES such as /dev/zero, malformed or too
+deeply nested JSON, wrong types, unknown event type, invalid text or timestamps, k <= 0 or
+larger than the catalogue, missing artifacts or parts of different runs, damaged or pickled
+weights) prints one ``error: ...`` line on stderr and exits 2 with nothing on stdout. Arguments,
+the session file and the artifacts' json files are checked before torch is imported, so
+mistakes fail in well under a second.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Any, TextIO
 
 from engine.artifacts import ArtifactPaths
 from engine.errors import SessionError
-from engine.loading import quiet_libraries
+from engine.inputs import MAX_FILE_BYTES
+from engine.loading import log_to_stderr, quiet_libraries
 from engine.session import Session, parse_sessions_text
 
 DEFAULT_ARTIFACTS = "artifacts/demo"
 DEFAULT_K = 10  # engine.recommender.DEFAULT_K, repeated to keep torch out of argument checks
-STAGES = ("encode", "search", "rerank", "total")
+STAGES = ("encode", "search", "rank", "rerank", "total")
 
 
 def positive_int(text: str) -> int:
@@ -59,13 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _too_big(source: str) -> SessionError:
+    return SessionError(f"--session {source} is larger than {MAX_FILE_BYTES >> 20} MiB; split "
+                        "it into several files")
+
+
 def read_sessions(source: str, stdin: TextIO) -> tuple[list[Session], bool]:
-    """Sessions from a file or stdin; returns (sessions, many)."""
+    """Sessions from a file or stdin (at most MAX_FILE_BYTES, read no further: a device like
+    /dev/zero is refused, not read forever); returns (sessions, many)."""
     if source == "-":
-        return parse_sessions_text(stdin.read(), source="stdin")
+        text = stdin.read(MAX_FILE_BYTES + 1)
+        if len(text) > MAX_FILE_BYTES:
+            raise _too_big("-")
+        return parse_sessions_text(text, source="stdin")
     path = Path(source)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise _too_big(source)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise SessionError(f"cannot read --session {source}: {reason}") from None
@@ -114,14 +130,17 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None,
     """Run the CLI; returns the exit status (0, or 2 for bad input)."""
     args = build_parser().parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.WARNING)
     try:
         sessions, many = read_sessions(args.session, stdin)
         paths = ArtifactPaths(args.artifacts)
         paths.check(("towers", "catalogue", "index"))
         manifest = paths.check_index_matches_towers()
         check_k(sessions, args.k, int(manifest.get("count", 0)))
+        from engine.state import check_run
+
+        check_run(paths, ("catalogue", "index") if args.no_rerank
+                  else ("catalogue", "index", "reranker"))
         quiet_libraries()
         from engine.recommender import Recommender  # torch, transformers, faiss: seconds
 

@@ -1,8 +1,9 @@
-"""``python train.py [stage=towers|reranker|all] tower=bert data=... experiment=...``
+"""``python train.py [stage=towers|reranker|ranker|all] tower=bert data=... experiment=...``
 
 Stage ``towers``: Lightning trains the item tower (BERT over item text) and the user tower (over
 the session) with a contrastive loss, validates on full-catalogue ranking, and writes the run's
-artifacts (DESIGN.md): ``towers/``, ``catalogue.parquet``, ``config.yaml``, ``metrics.json``.
+artifacts (DESIGN.md): ``towers/`` (with a fresh ``run_id``), the serving state's catalogue
+(``state/``), ``config.yaml``, ``metrics.json``.
 Stage ``reranker``: trains the cross-encoder on the trained towers' hard negatives into
 ``reranker/``. Thin: compose config, instantiate, wire; the work is in the libraries.
 """
@@ -21,7 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("train")
-STAGES = ("towers", "reranker", "all")
+STAGES = ("towers", "reranker", "ranker", "all")
 
 
 def _minilm_path() -> str:
@@ -74,6 +75,7 @@ def train_towers(cfg: DictConfig, run_dir: Path, split: Any = None) -> dict[str,
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from engine.artifacts import save_catalogue, save_json
+    from engine.state import new_run_id
     from towers import SessionDataModule, TwoTowerModule, save_towers
 
     pl.seed_everything(cfg.seed, workers=True)
@@ -111,12 +113,14 @@ def train_towers(cfg: DictConfig, run_dir: Path, split: Any = None) -> dict[str,
         module.load_state_dict(state["state_dict"])
     valid = module.evaluate(dm.valid)
     test = module.evaluate(dm.test)
+    run_id = new_run_id()  # every part made from these towers records it (engine.state)
     save_towers(module.model, run_dir / "towers",
-                extra_meta={"split_fingerprint": split.fingerprint, "data": cfg.data.name})
+                extra_meta={"run_id": run_id, "split_fingerprint": split.fingerprint,
+                            "data": cfg.data.name})
     segments = ["new" if p == 0 else "long_tail" if lt else "head"
                 for p, lt in zip(dm.item_popularity, dm.long_tail_mask)]
     save_catalogue(run_dir, split.catalogue, dm.item_texts, split.item_popularity, segments)
-    metrics = {"stage": "towers", "train_seconds": round(train_seconds, 1),
+    metrics = {"stage": "towers", "run_id": run_id, "train_seconds": round(train_seconds, 1),
                "epochs": trainer.current_epoch, "global_steps": trainer.global_step,
                "best_val_ndcg_at_10": float(checkpoint.best_model_score or float("nan")),
                "train_examples": len(dm.train_tensors["target_idx"]),
@@ -132,6 +136,13 @@ def train_reranker_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     return train_reranker_for_run(run_dir, load_split(cfg), cfg.rerank, seed=cfg.seed,
                                   model_path=cfg.rerank.model_path or _minilm_path())
+
+
+def train_ranker_stage(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from pipeline.ranker_stage import train_ranker_for_run
+
+    return train_ranker_for_run(run_dir, load_split(cfg),
+                                OmegaConf.to_container(cfg.ranking, resolve=True), seed=cfg.seed)
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -151,30 +162,40 @@ def summary(metrics: dict[str, Any]) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     from engine.artifacts import save_json
 
-    if cfg.stage not in STAGES:
-        raise ValueError(f"stage= must be one of {list(STAGES)}, got {cfg.stage!r}")
+    stages = {"towers", "reranker", "ranker"} if cfg.stage == "all" else set(
+        str(cfg.stage).split("+"))
+    if not stages or not stages <= set(STAGES) - {"all"}:
+        raise ValueError(f"stage= must be one of {list(STAGES)} or several joined by '+' (e.g. "
+                         f"towers+ranker), got {cfg.stage!r}")
     if cfg.threads:
         import torch
 
         torch.set_num_threads(int(cfg.threads))
     run_dir = Path(cfg.artifacts_dir) / cfg.run_name
     results: dict[str, Any] = {}
-    if cfg.stage in ("towers", "all"):
+    if "towers" in stages:
+        from storage import write_file
+
         split = load_split(cfg)  # bad data fails here, before anything is written
-        if cfg.tower.get("graph"):
+        if cfg.tower.get("graph"):  # so does a bad data.graph
             from recdata.graph import GraphSpec
 
             GraphSpec.from_dict(OmegaConf.to_container(cfg.data.get("graph"), resolve=True))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        config_text = OmegaConf.to_yaml(cfg, resolve=True)
+        write_file(run_dir / "config.yaml", lambda temp: temp.write_text(config_text))
         results["towers"] = train_towers(cfg, run_dir, split)
         print(summary(results["towers"]))
-    if cfg.stage in ("reranker", "all"):
+    if stages & {"reranker", "ranker"}:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if "reranker" in stages:
         results["reranker"] = train_reranker_stage(cfg, run_dir)
         save_json(run_dir / "reranker_metrics.json", results["reranker"])
         print(json.dumps({k: v for k, v in results["reranker"].items()
                           if k != "loss_history"}, indent=1, default=str))
+    if "ranker" in stages:
+        results["ranker"] = train_ranker_stage(cfg, run_dir)
+        save_json(run_dir / "ranker_metrics.json", results["ranker"])
+        print(json.dumps(results["ranker"], indent=1, default=str))
     return results
 
 

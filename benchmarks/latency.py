@@ -2,7 +2,7 @@
 
 - Latency replays sampled test sessions one at a time through ``engine.Recommender.recommend``
   (the serving path), after a warm-up, and reports p50/p95/p99 of the engine's own per-stage
-  timings (encode, search, rerank, total) plus the wall time around the call.
+  timings (encode, search, rank, rerank, total) plus the wall time around the call.
 - Encoding throughput: the towers' text path (BERT -> adapter, no cache: what new items cost)
   against a bare ``SentenceTransformer.encode`` of the same BERT over the same texts, in the same
   process; the ratio is the towers' overhead. What ``build_index`` does from trained towers
@@ -28,7 +28,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("encode", "search", "rerank", "total")
+STAGES: tuple[str, ...] = ("encode", "search", "rank", "rerank", "total")
 
 
 def _status_kb(field: str) -> int | None:
@@ -196,22 +196,11 @@ def encode_throughput(model: Any, texts: Sequence[str], batch_size: int = 64) ->
 
 
 def ensure_index(run_dir: Path) -> dict[str, Any] | None:
-    """Build a flat index into ``run_dir/index`` when the run has none, or one built from other
-    towers (the engine refuses a stale index); returns build_index's summary, or None when the
-    index there already matches the towers."""
-    import build_index
-    from engine.artifacts import ArtifactPaths, ArtifactsError
+    """``pipeline.index_stage.ensure_index`` for a run directory."""
+    from engine.artifacts import ArtifactPaths
+    from pipeline.index_stage import ensure_index as ensure
 
-    paths = ArtifactPaths(run_dir)
-    if paths.index.exists():
-        try:
-            paths.check_index_matches_towers()
-            return None
-        except ArtifactsError as err:
-            log.warning("%s: rebuilding it", err)
-    else:
-        log.info("no index in %s: building a flat one", run_dir)
-    return build_index.build(paths, {"kind": "flat", "use_gpu": None}, progress=False)
+    return ensure(ArtifactPaths(run_dir))
 
 
 def serving_speed(

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/load_test.py` puts only benc
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_info  # noqa: E402
-from engine.artifacts import PARTS, ArtifactPaths  # noqa: E402 - json-only, no torch
+from engine.artifacts import ArtifactPaths  # noqa: E402 - json-only, no torch
 
 HOST = "127.0.0.1"  # never any other address: the server under test is not for the network
 SATURATION_SHARE = 0.95
@@ -204,16 +204,25 @@ def free_port() -> int:
 
 
 def copy_artifacts(root: Path, into: Path) -> Path:
-    """The parts the server reads (no checkpoints or logs) into ``into/<run>``."""
+    """The parts the server reads (no checkpoints or logs) into ``into/<run>``: the top-level
+    parts, and the serving state's current generation as the copy's own first one."""
+    from engine.state import state_store
+    from storage import link_tree
+
     target = into / root.name
     target.mkdir(parents=True)
     paths = ArtifactPaths(root)
-    for part in PARTS:
+    for part in ("config", "towers", "reranker", "metrics"):
         source: Path = getattr(paths, part)
         if source.is_dir():
             shutil.copytree(source, target / source.name)
         elif source.exists():
             shutil.copy2(source, target / source.name)
+    store = state_store(root)
+    current = store.current()
+    for part in store.parts.values():  # top-level paths: read as the copy's generation 0
+        if current is not None and current.has(part):
+            link_tree(current.path(part), target / part.path)
     return target
 
 
@@ -307,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         ArtifactPaths(source).check(("towers", "catalogue", "index"))
         import pandas as pd
 
-        catalogue = pd.read_parquet(source / "catalogue.parquet", columns=["item_id", "title"])
+        catalogue = pd.read_parquet(ArtifactPaths(source).catalogue,
+                                    columns=["item_id", "title"])
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

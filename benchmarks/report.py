@@ -83,25 +83,29 @@ def _goal(goal: str, target: str, measured: Any, ok: bool | None, note: str = ""
             "note": note}
 
 
+def _r10(payload: Mapping[str, Any], system: str, segment: str | None = None,
+         view: str = "masked", metric: str = "recall_at_10") -> float | None:
+    block = _get(payload, "systems", system, view)
+    return _get(block, "overall", metric) if segment is None else _get(block, "segments",
+                                                                       segment, metric)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def graph_goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Issue 16's goals for ``two_tower_bert_graph`` (the towers with the entity part), when the
     run has it: new items vs zero-shot on the same rows, long tail and overall vs the same towers
     without the graph."""
-    graph = _get(payload, "systems", "two_tower_bert_graph", "masked")
-    if not graph:
+    if not _get(payload, "systems", "two_tower_bert_graph", "masked"):
         return []
-    base = _get(payload, "systems", "two_tower_bert", "masked")
-    zero = _get(payload, "systems", "zero_shot", "masked")
-
-    def ratio(a: Any, b: Any) -> float | None:
-        return a / b if a is not None and b else None
-
-    new_ratio = ratio(_get(graph, "segments", "new_item", "recall_at_10"),
-                      _get(zero, "segments", "new_item", "recall_at_10"))
-    tail = ratio(_get(graph, "segments", "long_tail", "recall_at_10"),
-                 _get(base, "segments", "long_tail", "recall_at_10"))
-    r10 = ratio(_get(graph, "overall", "recall_at_10"), _get(base, "overall", "recall_at_10"))
-    n10 = ratio(_get(graph, "overall", "ndcg_at_10"), _get(base, "overall", "ndcg_at_10"))
+    graph = "two_tower_bert_graph"
+    new_ratio = _ratio(_r10(payload, graph, "new_item"), _r10(payload, "zero_shot", "new_item"))
+    tail = _ratio(_r10(payload, graph, "long_tail"), _r10(payload, "two_tower_bert", "long_tail"))
+    r10 = _ratio(_r10(payload, graph), _r10(payload, "two_tower_bert"))
+    n10 = _ratio(_r10(payload, graph, metric="ndcg_at_10"),
+                 _r10(payload, "two_tower_bert", metric="ndcg_at_10"))
     no_loss = None if r10 is None or n10 is None else r10 >= 1.0 and n10 >= 1.0
     return [
         _goal("graph: new-item R@10 / zero_shot new-item R@10 (same rows)", ">= 1.3", new_ratio,
@@ -115,12 +119,13 @@ def graph_goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The issues' goals, each met / missed / not measured from this run's figures."""
-    bert = _get(payload, "systems", "two_tower_bert", "masked")
-    r10, n10 = _get(bert, "overall", "recall_at_10"), _get(bert, "overall", "ndcg_at_10")
-    new_r10 = _get(bert, "segments", "new_item", "recall_at_10")
-    ratio = new_r10 / r10 if new_r10 is not None and r10 else None
-    lifts = _get(payload, "rerank_comparison", "ndcg_at_10_lift") or {}
+    """The issues' goals, each met / missed / not measured from this run's figures. The
+    ranking stage's goals (issue 12) are judged on the ``ranker`` system."""
+    r10 = _r10(payload, "two_tower_bert")
+    n10 = _r10(payload, "two_tower_bert", metric="ndcg_at_10")
+    new_r10 = _r10(payload, "two_tower_bert", "new_item")
+    ratio = _ratio(new_r10, r10)
+    lifts = _get(payload, "rerank_comparison", "two_tower_bert+rerank", "ndcg_at_10_lift") or {}
     cold, tail = _get(lifts, "cold_pooled", "relative_lift"), _get(lifts, "long_tail",
                                                                    "relative_lift")
     plain = _get(payload, "latency", "without_rerank", "stages_ms", "total", "p50")
@@ -129,6 +134,22 @@ def goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     at_1m = next((row for row in summary if row.get("size", 0) >= 1_000_000), None)
     sizes = [row.get("size") for row in summary]
     on_goal_data = payload.get("dataset", GOAL_DATASET) == GOAL_DATASET
+    held_out = bool(_get(payload, "split", "new_items_held_out"))
+    rk = "ranker"
+    rk_new, zs_new = _r10(payload, rk, "new_item"), _r10(payload, "zero_shot", "new_item")
+    rk_tail, bm25_tail = _r10(payload, rk, "long_tail"), _r10(payload, "bm25", "long_tail")
+    rk_r10, rk_n10 = _r10(payload, rk), _r10(payload, rk, metric="ndcg_at_10")
+    rk_u10 = _r10(payload, rk, view="unmasked")
+    rk_un10 = _r10(payload, rk, view="unmasked", metric="ndcg_at_10")
+    rk_cold1, zs_cold1 = _r10(payload, rk, "cold_1"), _r10(payload, "zero_shot", "cold_1")
+    fusion_r10 = _r10(payload, "fusion")
+    segs = ("warm_user", "cold_user", "cold_1", "cold_2", "cold_3", "head", "long_tail",
+            "new_item", "unseen_item")
+    below = [s for s in segs if _r10(payload, rk, s) is not None
+             and _r10(payload, "two_tower_bert", s) is not None
+             and _r10(payload, rk, s) < _r10(payload, "two_tower_bert", s)]
+    checked_segments = [s for s in segs if _r10(payload, rk, s) is not None]
+    on_movielens = payload.get("dataset") == "movielens"
     return [
         _goal("two_tower_bert test Recall@10 (masked)", ">= 0.140", r10,
               None if r10 is None else r10 >= 0.140, applies=on_goal_data),
@@ -136,12 +157,39 @@ def goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
               None if n10 is None else n10 >= 0.080, applies=on_goal_data),
         _goal("two_tower_bert new-item R@10 / overall R@10", ">= 0.6", ratio,
               None if ratio is None else ratio >= 0.6),
+        _goal("ranker new-item R@10 / zero-shot on the same rows", ">= 1.2",
+              _ratio(rk_new, zs_new), None if _ratio(rk_new, zs_new) is None
+              else _ratio(rk_new, zs_new) >= 1.2, applies=on_goal_data and held_out),
+        _goal("ranker long-tail R@10 / BM25 on the same rows", ">= 1.1",
+              _ratio(rk_tail, bm25_tail), None if _ratio(rk_tail, bm25_tail) is None
+              else _ratio(rk_tail, bm25_tail) >= 1.1, applies=on_goal_data),
+        _goal("ranker overall R@10 (masked, 10% held out)", ">= 0.150", rk_r10,
+              None if rk_r10 is None else rk_r10 >= 0.150, applies=on_goal_data and held_out),
+        _goal("ranker overall N@10 (masked, 10% held out)", ">= 0.100", rk_n10,
+              None if rk_n10 is None else rk_n10 >= 0.100, applies=on_goal_data and held_out),
+        _goal("ranker full data, unmasked R@10 (MISSRec 0.1360)", ">= 0.140", rk_u10,
+              None if rk_u10 is None else rk_u10 >= 0.140,
+              applies=on_goal_data and not held_out),
+        _goal("ranker full data, unmasked N@10 (MISSRec 0.0753)", ">= 0.080", rk_un10,
+              None if rk_un10 is None else rk_un10 >= 0.080,
+              applies=on_goal_data and not held_out),
+        _goal("ranker users cut to one event (cold_1) R@10 / zero-shot", ">= 1.25",
+              _ratio(rk_cold1, zs_cold1), None if _ratio(rk_cold1, zs_cold1) is None
+              else _ratio(rk_cold1, zs_cold1) >= 1.25, applies=on_goal_data),
+        _goal("ranker beats the fusion baseline (overall R@10)", "> fusion",
+              None if rk_r10 is None or fusion_r10 is None else rk_r10 - fusion_r10,
+              None if rk_r10 is None or fusion_r10 is None else rk_r10 > fusion_r10,
+              "measured = ranker minus fusion"),
+        _goal("ranker: no segment below the towers alone (R@10)", "none below",
+              ", ".join(below) or "none",
+              None if not checked_segments else not below, applies=on_movielens or
+              on_goal_data),
         _goal("rerank NDCG@10 lift, cold users (1-3 item events, pooled)", ">= +10% relative",
               cold, None if cold is None else cold >= 0.10, "same sampled rows, both systems"),
         _goal("rerank NDCG@10 lift, long-tail targets", ">= +10% relative", tail,
               None if tail is None else tail >= 0.10, "same sampled rows, both systems"),
-        _goal("p50 latency without rerank (engine total)", "<= 10 ms", plain,
-              None if plain is None else plain <= 10.0),
+        _goal("p50 latency without the cross-encoder (engine total, ranking included)",
+              "<= 10 ms", plain, None if plain is None else plain <= 10.0),
         _goal("p50 latency with the rerank policy (sessions it re-scored, engine total)",
               "<= 60 ms", with_rr, None if with_rr is None else with_rr <= 60.0,
               "warm sessions re-score only their long-tail/new candidates, cold ones all top 20;"
@@ -169,12 +217,13 @@ def _quality_sections(payload: Mapping[str, Any]) -> list[str]:
              res["masked"]["overall"]["count"],
              *[res["masked"]["overall"].get(key) for _, key in HEADLINE], res.get("eval_seconds")]
             for name, res in ok.items()]
-    base = _get(payload, "rerank_comparison", "two_tower_bert")
-    if base:  # the towers on the reranker's rows, so the lift reads off the table
-        rows.append([f"two_tower_bert (same sample {payload['rerank_comparison']['sample_size']})",
-                     base["masked"]["overall"]["count"],
-                     *[base["masked"]["overall"].get(key) for _, key in HEADLINE],
-                     base.get("eval_seconds")])
+    for name, comp in (payload.get("rerank_comparison") or {}).items():
+        base = comp.get(comp.get("base", ""))
+        if base:  # the base system on the reranker's rows, so the lift reads off the table
+            rows.append([f"{comp['base']} (same sample {comp['sample_size']} as {name})",
+                         base["masked"]["overall"]["count"],
+                         *[base["masked"]["overall"].get(key) for _, key in HEADLINE],
+                         base.get("eval_seconds")])
     out += _table(["system", "n", *[h for h, _ in HEADLINE], "eval s"], rows)
     for name, res in systems.items():
         if not res.get("masked"):
@@ -203,15 +252,68 @@ def _quality_sections(payload: Mapping[str, Any]) -> list[str]:
         rows.append(["*rows (n)*", ref["masked"]["overall"]["count"],
                      *[_get(ref, "masked", "segments", s, "count") for s in present]])
     out += _table(["system", "overall", *present], rows)
-    comparison = payload.get("rerank_comparison")
-    if comparison and comparison.get("ndcg_at_10_lift"):
-        out += ["", f"## Reranker vs. towers on the same {comparison['sample_size']} sampled "
-                f"test rows (seed {comparison['seed']})", ""]
+    for name, comparison in (payload.get("rerank_comparison") or {}).items():
+        if not comparison.get("ndcg_at_10_lift"):
+            continue
+        out += ["", f"## {name} vs. {comparison['base']} on the same "
+                f"{comparison['sample_size']} sampled test rows (seed {comparison['seed']})", ""]
         rows = [[seg, v["count"], v["base_ndcg_at_10"], v["rerank_ndcg_at_10"],
                  None if v["relative_lift"] is None else f"{100 * v['relative_lift']:+.1f}%"]
                 for seg, v in comparison["ndcg_at_10_lift"].items()]
-        out += _table(["segment", "n", "two_tower_bert N@10", "+rerank N@10", "lift"], rows)
+        out += _table(["segment", "n", f"{comparison['base']} N@10", f"{name} N@10", "lift"],
+                      rows)
         out += ["", f"Reranker work: {comparison.get('rerank_stats')}"]
+    return out + _ranking_sections(payload)
+
+
+def _ranking_sections(payload: Mapping[str, Any]) -> list[str]:
+    """Candidate recall per source, the ranker's training, importances and ablations."""
+    out: list[str] = []
+    recall = payload.get("candidate_recall")
+    if recall:
+        segments = ["overall", "head", "long_tail", "new", "unseen"]
+        out += ["", "## Candidate recall (test rows, history excluded as served)", "",
+                "Share of test rows whose target is in a source's top 100 / 200, or in the "
+                f"merged candidate set (size {_get(recall, 'merged', 'size')}, quotas "
+                f"{_get(recall, 'merged', 'quotas')}): no ranker can do better.", ""]
+        rows = []
+        for name, depths in recall["by_source"].items():
+            for depth, block in depths.items():
+                rows.append([name, depth.replace("at_", "@"),
+                             *[_get(block, "target", s, "recall") for s in segments]])
+        rows.append(["merged", "all", *[_get(recall, "merged", "target", s, "recall")
+                                        for s in segments]])
+        out += _table(["source", "depth", *segments], rows)
+    ranker = payload.get("ranker")
+    if ranker:
+        out += ["", "## The ranker (LightGBM LambdaRank)", "",
+                f"- trained on {_get(ranker, 'examples', 'rows')} sessions "
+                f"({_get(ranker, 'examples', 'by_origin')}; target segments "
+                f"{_get(ranker, 'examples', 'by_target_segment')}), "
+                f"{_get(ranker, 'examples', 'groups_used')} with the target among the "
+                f"candidates; {ranker.get('best_round')} rounds (early stopping on held-out "
+                f"users: NDCG@10 {_fmt(ranker.get('held_out_ndcg_at_10'))})",
+                f"- fusion baseline weights (chosen on the same rows): "
+                f"{_get(ranker, 'fusion', 'weights')}", "",
+                "Feature importance (total gain, top 15):", ""]
+        gains = list((ranker.get("importance_gain") or {}).items())[:15]
+        total = sum(g for _, g in (ranker.get("importance_gain") or {}).items()) or 1.0
+        out += _table(["feature", "gain", "share"],
+                      [[f, g, f"{100 * g / total:.1f}%"] for f, g in gains])
+    ablations = payload.get("ranker_ablations")
+    if ablations:
+        full = _get(payload, "systems", "ranker", "masked")
+        out += ["", "## Ranker ablations: without each source (test, history masked)", ""]
+        rows = [["all sources", _get(full, "overall", "recall_at_10"),
+                 _get(full, "overall", "ndcg_at_10"),
+                 _get(full, "segments", "long_tail", "recall_at_10"),
+                 _get(full, "segments", "new_item", "recall_at_10")]]
+        rows += [[f"without {name}", _get(a, "masked", "overall", "recall_at_10"),
+                  _get(a, "masked", "overall", "ndcg_at_10"),
+                  _get(a, "masked", "segments", "long_tail", "recall_at_10"),
+                  _get(a, "masked", "segments", "new_item", "recall_at_10")]
+                 for name, a in ablations.items()]
+        out += _table(["ranker", "R@10", "N@10", "long-tail R@10", "new-item R@10"], rows)
     return out
 
 

@@ -1,18 +1,17 @@
-"""The systems the benchmark compares, each a full-catalogue scorer of evaluation examples.
+"""Benchmark systems: every one ranks evaluation examples through ``engine.Recommender`` (the
+serving path), so what is measured is what is served.
 
-Every retriever maps a frame of SplitData example rows (``hist_items``, ``hist_types``,
-``hist_queries``) to scores [B, n_items] over the whole catalogue, columns in catalogue row order,
-so that all of them go through the same ``evaluation.RankingEvaluator`` (full ranking, history
-masking done by the evaluator, never by the system):
+Each system maps a frame of SplitData example rows (``hist_items``, ``hist_types``,
+``hist_queries``) to scores [B, n_items] over the whole catalogue, columns in catalogue row
+order, so that all of them go through the same ``evaluation.RankingEvaluator`` (full ranking,
+history masking done by the evaluator, never by the system):
 
-- ``popularity``: training interaction counts, the same list for everyone;
-- ``bm25``: BM25 (bm25s) over item texts, queried with the session's text (recent item titles
-  and search queries), ties broken by popularity;
-- ``zero_shot``: an untrained sentence encoder; the user vector is the recency-weighted mean of
-  the session's item (and query) vectors;
-- ``two_tower_*``: trained towers (``towers.load_towers``), user vector from the session events;
-- ``two_tower_bert+rerank``: the towers' top-N (history excluded, as at serving time) re-scored
-  by the cross-encoder through ``rerank.RerankPolicy`` and reordered among their own positions.
+- ``SourceSystem``: one candidate source's full-catalogue scores (``ranking`` sources'
+  ``score_all``): ``popularity``, ``bm25``, ``zero_shot`` and the towers (``two_tower_*``);
+- ``EngineSystem``: the engine's ranking stage (merged candidates ordered by its scorer —
+  ``fusion``, ``ranker`` — and, with ``rerank``, the cross-encoder policy on top); items outside
+  the candidates follow in the towers' order, so the protocol stays full ranking. With
+  ``repeats`` the session's own items are candidates too (the unmasked protocol).
 
 :func:`evaluate` runs one system over :func:`evaluation_variants` of the test rows.
 """
@@ -21,9 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,9 +30,10 @@ log = logging.getLogger(__name__)
 
 SEGMENT_NAMES = {"user=warm_user": "warm_user", "user=cold_user": "cold_user",
                  "user=new_user": "new_user", "target=head": "head",
-                 "target=long_tail": "long_tail", "target=new": "new_item"}
+                 "target=long_tail": "long_tail", "target=new": "new_item",
+                 "target=unseen": "unseen_item"}
 SEGMENTS = ("warm_user", "cold_user", "new_user", "cold_1", "cold_2", "cold_3", "query_only",
-            "head", "long_tail", "new_item")
+            "head", "long_tail", "new_item", "unseen_item")
 HIST_COLUMNS = ("hist_items", "hist_types", "hist_queries")
 
 
@@ -42,222 +41,92 @@ class BenchmarkError(ValueError):
     """A bad benchmark argument or input: the message says what was expected and how to fix it."""
 
 
-class Retriever(Protocol):
-    name: str
+def _columns(recommender: Any, state: Any, item_ids: Sequence[str]) -> np.ndarray:
+    """Evaluator column of each engine catalogue row (the two must hold the same items)."""
+    index = {item_id: n for n, item_id in enumerate(item_ids)}
+    missing = [i for i in state.ids if i not in index]
+    if missing or len(state) != len(item_ids):
+        raise BenchmarkError(
+            f"the run's catalogue ({len(state)} items) is not this split's ({len(item_ids)} "
+            f"items; e.g. {missing[:3]} unknown to the split); train on the same data config")
+    return np.fromiter((index[i] for i in state.ids), np.int64, count=len(state))
+
+
+def _resolve(recommender: Any, examples: pd.DataFrame) -> list[Any]:
+    from engine.session import sessions_from_examples
+
+    return recommender.resolve(sessions_from_examples(
+        examples["hist_items"], examples["hist_types"], examples["hist_queries"]), k=1)
+
+
+class SourceSystem:
+    """One candidate source's full-catalogue scores, the towers' user vectors from the engine's
+    encoder (``source`` is a ``ranking`` source name of ``recommender.pipeline``)."""
+
+    def __init__(self, recommender: Any, source: str, item_ids: Sequence[str], name: str
+                 ) -> None:
+        if source not in recommender.pipeline.sources:
+            raise BenchmarkError(f"{name}: the run has no {source!r} source (its ranking "
+                                 "parts are missing: build them with build_index.py)")
+        self.recommender, self.source, self.item_ids, self.name = (recommender, source,
+                                                                   list(item_ids), name)
 
     def score(self, examples: pd.DataFrame) -> np.ndarray:
-        """Scores [len(examples), n_items], columns in catalogue order; higher is better."""
-
-
-def session_text(
-    hist_items: Sequence[str | None],
-    hist_types: Sequence[str],
-    hist_queries: Sequence[str | None],
-    item_titles: Mapping[str, str],
-    max_events: int = 5,
-) -> str:
-    """The most recent ``max_events`` events as text: item titles and search queries."""
-    parts = []
-    for item_id, kind, query in list(zip(hist_items, hist_types, hist_queries))[-max_events:]:
-        if kind == "search" or item_id is None:
-            parts.append(query if isinstance(query, str) else "")
-        else:
-            parts.append(item_titles.get(str(item_id), ""))
-    return " ".join(p for p in parts if p)
-
-
-def recency_weights(n_events: int, decay: float) -> np.ndarray:
-    """Weights (n_events,) of a chronological history: the newest event 1, each older one
-    ``decay`` times the next, summing to 1."""
-    weights = decay ** np.arange(n_events - 1, -1, -1, dtype=np.float64)
-    return weights / weights.sum()
-
-
-class PopularityRetriever:
-    """Training popularity: every user gets the same ranking."""
-
-    name = "popularity"
-
-    def __init__(self, item_popularity: np.ndarray) -> None:
-        self.item_scores = np.asarray(item_popularity, dtype=np.float32)  # (n_items,)
-
-    def score(self, examples: pd.DataFrame) -> np.ndarray:
-        return np.broadcast_to(self.item_scores, (len(examples), len(self.item_scores))).copy()
-
-
-class BM25Retriever:
-    """Lexical baseline: BM25 of the session text against every item text (Lucene variant).
-
-    Items the query does not match all score 0; among equal BM25 scores the more popular item
-    ranks first, so the tail of the list is the popularity list rather than catalogue order.
-    """
-
-    name = "bm25"
-
-    def __init__(
-        self,
-        item_texts: Sequence[str],
-        item_titles: Mapping[str, str],
-        item_popularity: np.ndarray,
-        max_events: int = 5,
-        k1: float = 1.5,
-        b: float = 0.75,
-    ) -> None:
-        import bm25s
-
-        self._bm25s = bm25s
-        self.item_titles = item_titles
-        self.max_events = max_events
-        self.popularity = np.asarray(item_popularity, dtype=np.float64)
-        self.index = bm25s.BM25(k1=k1, b=b)
-        self.index.index(bm25s.tokenize(list(item_texts), stopwords="en", show_progress=False),
-                         show_progress=False)
-        self.n_items = len(item_texts)
-
-    def score(self, examples: pd.DataFrame) -> np.ndarray:
-        texts = [session_text(i, t, q, self.item_titles, self.max_events) for i, t, q in
-                 zip(examples["hist_items"], examples["hist_types"], examples["hist_queries"])]
-        tokens = self._bm25s.tokenize(texts, stopwords="en", return_ids=False,
-                                      show_progress=False)
-        out = np.empty((len(texts), self.n_items), dtype=np.float32)  # (B, n_items)
-        ranks = np.arange(self.n_items, 0, -1, dtype=np.float32)
-        for row, query_tokens in enumerate(tokens):
-            bm25 = self.index.get_scores(list(query_tokens)) if query_tokens else \
-                np.zeros(self.n_items)
-            order = np.lexsort((-self.popularity, -np.asarray(bm25, dtype=np.float64)))
-            out[row, order] = ranks  # exact lexicographic (bm25, popularity) order
+        rec = self.recommender
+        resolved = _resolve(rec, examples)
+        out = np.zeros((len(examples), len(self.item_ids)), np.float32)  # (B, n_items)
+        active = [j for j, r in enumerate(resolved) if r.events]
+        if active:
+            scores, state = rec.score_all([resolved[j] for j in active], self.source)
+            out[np.ix_(active, _columns(rec, state, self.item_ids))] = scores
         return out
 
 
-class ZeroShotRetriever:
-    """An untrained sentence encoder: user vector = recency-weighted mean of the session's item
-    vectors (and search-query vectors), cosine against every item vector."""
+class EngineSystem:
+    """The engine's ranking stage (module docstring): its candidates first in its order (with
+    the rerank policy when ``rerank``), then every other item in the towers' order."""
 
-    name = "zero_shot"
-
-    def __init__(
-        self,
-        encoder: Any,
-        item_texts: Sequence[str],
-        item_index: Mapping[str, int],
-        cache_dir: str | Path,
-        decay: float = 0.8,
-        batch_size: int = 64,
-    ) -> None:
-        from towers import encode_cached
-
-        if not 0.0 < decay <= 1.0:
-            raise BenchmarkError(f"zero-shot decay must be in (0, 1], got {decay}")
-        self._encode_cached = encode_cached
-        self.encoder, self.cache_dir, self.batch_size = encoder, cache_dir, batch_size
-        self.item_index, self.decay = item_index, decay
-        self.item_emb = encode_cached(encoder, list(item_texts), cache_dir, batch_size,
-                                      show_progress=False)  # (n_items, d)
-        self._query_emb: dict[str, np.ndarray] = {}
-
-    def _queries(self, examples: pd.DataFrame) -> None:
-        fresh = sorted({q for qs in examples["hist_queries"] for q in qs
-                        if isinstance(q, str) and q and q not in self._query_emb})
-        if fresh:
-            vecs = self._encode_cached(self.encoder, fresh, self.cache_dir, self.batch_size,
-                                       show_progress=False)
-            self._query_emb.update(zip(fresh, vecs))
-
-    def score(self, examples: pd.DataFrame) -> np.ndarray:
-        self._queries(examples)
-        user_emb = np.zeros((len(examples), self.item_emb.shape[1]), np.float32)  # (B, d)
-        for row, (items, queries) in enumerate(zip(examples["hist_items"],
-                                                   examples["hist_queries"])):
-            vecs = [self.item_emb[self.item_index[i]] if i is not None and i in self.item_index
-                    else self._query_emb.get(q) if isinstance(q, str) else None
-                    for i, q in zip(items, queries)]
-            vecs = [v for v in vecs if v is not None]
-            if vecs:
-                user_emb[row] = recency_weights(len(vecs), self.decay) @ np.stack(vecs)
-        return user_emb @ self.item_emb.T  # (B, n_items)
-
-
-class TwoTowerRetriever:
-    """Trained towers: user vector from the session events, dot product with every item."""
-
-    def __init__(self, model: Any, catalogue_ids: Sequence[str], name: str,
-                 batch_size: int = 256) -> None:
-        missing = [i for i in catalogue_ids if i not in model.item_index]
-        if missing or len(model.item_index) != len(catalogue_ids):
-            raise BenchmarkError(
-                f"{name}: the towers' catalogue ({len(model.item_index)} items) is not this "
-                f"split's ({len(catalogue_ids)} items, {len(missing)} unknown to the towers, "
-                f"e.g. {missing[:3]}); train them on the same data config (--train, or "
-                "train.py with the same data= and data.options overrides)")
-        from engine.rerank_stage import example_sessions
-
-        self._sessions = example_sessions
-        self.model, self.name, self.batch_size = model, name, batch_size
-        order = np.array([model.item_index[i] for i in catalogue_ids])
-        self.item_emb = model.catalogue_item_emb()[order]  # (n_items, d), catalogue order
-
-    def score(self, examples: pd.DataFrame) -> np.ndarray:
-        sessions = self._sessions(examples)
-        user_emb = self.model.user_emb_from_events(sessions, unknown_items="skip")  # (B, d)
-        return user_emb @ self.item_emb.T  # (B, n_items)
-
-
-class RerankedRetriever:
-    """The towers' top ``policy.top_n`` (session items excluded, as at serving time) re-scored
-    by the cross-encoder where the policy says so and blended; the candidates are then reordered
-    among the ranking positions they held, so items outside them (session items included, which
-    the evaluator's masking handles like for every other system) keep their places."""
-
-    def __init__(
-        self,
-        towers: TwoTowerRetriever,
-        reranker: Any,
-        policy: Any,
-        item_ids: Sequence[str],
-        item_texts: Sequence[str],
-        item_titles: Mapping[str, str],
-        item_segments: Sequence[str],
-        name: str = "two_tower_bert+rerank",
-    ) -> None:
-        self.towers, self.reranker, self.policy, self.name = towers, reranker, policy, name
-        self.item_index = {item_id: n for n, item_id in enumerate(item_ids)}
-        self.item_texts, self.item_titles = list(item_texts), item_titles
-        self.item_segments = np.asarray(item_segments, dtype=object)
+    def __init__(self, recommender: Any, item_ids: Sequence[str], name: str,
+                 repeats: bool = False, rerank: bool = False) -> None:
+        self.recommender, self.item_ids, self.name = recommender, list(item_ids), name
+        self.repeats, self.rerank = repeats, rerank
         self.rerank_seconds, self.reranked_rows, self.scored_pairs = 0.0, 0, 0
+        self.candidates_found: list[bool] = []
 
     def score(self, examples: pd.DataFrame) -> np.ndarray:
-        scores = self.towers.score(examples)  # (B, n_items)
-        top_n = self.policy.top_n
-        for row, (items, types, queries) in enumerate(zip(
-                examples["hist_items"], examples["hist_types"], examples["hist_queries"])):
-            retrieval = scores[row].astype(np.float64)
-            seen = [self.item_index[i] for i in items if i is not None and i in self.item_index]
-            retrieval[seen] = -np.inf
-            cands = np.argsort(-retrieval, kind="stable")[:top_n]  # (top_n,)
-            cands = cands[np.isfinite(retrieval[cands])]
-            n_item_events = sum(kind != "search" for kind in types)
-            selected = self.policy.select(n_item_events, list(self.item_segments[cands]))
-            rerank = np.full(len(cands), np.nan)
-            if selected.any():
-                started = time.perf_counter()
-                context = self.reranker.context_text(list(items), list(types), list(queries),
-                                                     self.item_titles)
-                rerank[selected] = self.reranker.score(
-                    context, [self.item_texts[i] for i in cands[selected]])
-                self.rerank_seconds += time.perf_counter() - started
+        rec = self.recommender
+        resolved = _resolve(rec, examples)
+        out = np.zeros((len(examples), len(self.item_ids)), np.float32)  # (B, n_items)
+        active = [j for j, r in enumerate(resolved) if r.events]
+        if not active:
+            return out
+        ranked, user_emb, state, _, _ = rec.rank_resolved([resolved[j] for j in active],
+                                                          repeats=self.repeats)
+        cols = _columns(rec, state, self.item_ids)
+        tail, _ = rec.score_all([resolved[j] for j in active], "towers", user_emb)  # (A, n)
+        targets = examples["target"].astype(str).tolist()
+        for a, (j, result) in enumerate(zip(active, ranked)):
+            cand = rec.rerank_candidates(resolved[j], result, state, self.rerank)
+            if cand["reranked"]:
                 self.reranked_rows += 1
-                self.scored_pairs += int(selected.sum())
-            final = self.policy.blend(retrieval[cands], rerank, selected)
-            new_order = cands[np.argsort(-final, kind="stable")]
-            # the candidates swap places among their own slots: the i-th best final score takes
-            # the i-th best retrieval score, so every other item keeps its position
-            scores[row, new_order] = np.sort(scores[row, cands])[::-1]
-        return scores
+                self.scored_pairs += int(np.isfinite(cand["rerank_scores"]).sum())
+                self.rerank_seconds += cand["rerank_ms"] / 1000.0
+            order = cand["rows"][np.argsort(-cand["final"], kind="stable")]
+            row_scores = tail[a].astype(np.float64)
+            finite = row_scores[np.isfinite(row_scores)]
+            top = (finite.max() if len(finite) else 0.0) + 1.0
+            # candidates above every other item, in the ranking's order
+            row_scores[order] = top + np.arange(len(order), 0, -1, dtype=np.float64)
+            out[j, cols] = row_scores
+            self.candidates_found.append(state.row_of.get(targets[j], -1) in set(order.tolist()))
+        return out
 
     def stats(self) -> dict[str, Any]:
         return {"rerank_seconds": round(self.rerank_seconds, 2),
                 "reranked_rows": self.reranked_rows, "scored_pairs": self.scored_pairs,
-                "policy": repr(self.policy)}
+                "policy": repr(self.recommender.policy),
+                "candidate_recall": (float(np.mean(self.candidates_found))
+                                     if self.candidates_found else None)}
 
 
 def evaluation_variants(test: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -1,24 +1,27 @@
 """The artifacts directory of one run (DESIGN.md "Artifacts"): paths, checks, catalogue file.
 
-``artifacts/<run>/`` holds ``config.yaml`` and ``towers/`` and ``metrics.json`` (train.py),
-``reranker/`` (train.py stage=reranker, optional), ``catalogue.parquet`` (train.py, through
-:func:`save_catalogue`; build_index.py ``add=``/``remove=`` and live edits rewrite it) and
-``index/`` (build_index.py). Every write is atomic: a temp file beside the target, then
-``os.replace``. The cheap checks here read only json, so a CLI can refuse a missing or
-mismatched directory before importing torch.
+``artifacts/<run>/`` holds ``config.yaml``, ``towers/`` and ``metrics.json`` (train.py),
+``reranker/`` (train.py stage=reranker, optional) and ``state/``: the serving state that live
+edits change -- ``catalogue.parquet`` and ``index/`` (and every part registered in
+``engine.state``) -- committed as whole generations (``storage.generations``): train.py starts
+it with the catalogue, build_index.py adds the index, ``add=``/``remove=`` and the service's
+live edits commit new generations. ``ArtifactPaths.catalogue`` / ``.index`` name the current
+generation's files (or the top-level files of a run made before generations). Every write is
+atomic (``storage.atomic``); the cheap checks here read only json (and Parquet metadata), so a
+CLI can refuse a missing or mismatched directory before importing torch.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ArtifactsError
+from storage.atomic import write_file, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,7 +35,10 @@ CATALOGUE_COLUMNS: tuple[str, ...] = (
     "item_id", "title", "text", "category", "brand", "created_ts", "popularity", "segment",
 )
 ITEM_SEGMENTS: tuple[str, ...] = ("head", "long_tail", "new")
-PARTS: tuple[str, ...] = ("config", "towers", "catalogue", "reranker", "index", "metrics")
+PARTS: tuple[str, ...] = ("config", "towers", "catalogue", "reranker", "index", "metrics",
+                          "state")
+STATE_PARTS: tuple[str, ...] = ("catalogue", "index")  # resolved through the current generation
+STAMP_KEY = b"firstclick"  # the catalogue's Parquet metadata key holding its run stamp
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,25 @@ class ArtifactPaths:
         return self.root / "towers"
 
     @property
+    def state(self) -> Path:
+        """``state/``: the generations of the serving state (see ``storage.generations``)."""
+        return self.root / "state"
+
+    def _state_path(self, part: str) -> Path:
+        from engine.state import state_store
+
+        store = state_store(self.root)
+        try:
+            gen = store.current()
+        except ValueError as err:  # a damaged pointer or manifest
+            raise ArtifactsError(str(err)) from None
+        directory = gen.directory if gen is not None else self.root
+        return directory / store.part(part).path
+
+    @property
     def catalogue(self) -> Path:
-        return self.root / CATALOGUE_FILE
+        """The current generation's catalogue.parquet."""
+        return self._state_path("catalogue")
 
     @property
     def reranker(self) -> Path:
@@ -67,7 +90,8 @@ class ArtifactPaths:
 
     @property
     def index(self) -> Path:
-        return self.root / "index"
+        """The current generation's index directory."""
+        return self._state_path("index")
 
     @property
     def metrics(self) -> Path:
@@ -81,8 +105,8 @@ class ArtifactPaths:
             where += f" artifacts_dir={parent}"
         if part == "index":
             return f"python build_index.py {where}"
-        if part == "reranker":
-            return f"python train.py stage=reranker {where}"
+        if part in ("reranker", "ranker"):
+            return f"python train.py stage={part} {where}"
         return f"python train.py {where}"
 
     def check(self, require: Iterable[str] = ("towers", "catalogue")) -> None:
@@ -147,24 +171,9 @@ class ArtifactPaths:
         return manifest
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
 def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temp file + os.replace)."""
-    target = Path(path)
-    fd, tmp = _atomic_target(target)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write ``obj`` as indented JSON to ``path`` atomically (``storage.atomic.write_json``)."""
+    return write_json(path, obj)
 
 
 def _category_text(value: Any) -> str | None:
@@ -224,22 +233,37 @@ def catalogue_frame(
     })
 
 
-def write_catalogue(path: str | os.PathLike[str], frame: pd.DataFrame) -> Path:
-    """Write a catalogue.parquet frame atomically (the columns are checked first)."""
+def write_catalogue(path: str | os.PathLike[str], frame: pd.DataFrame,
+                    stamp: Mapping[str, Any] | None = None) -> Path:
+    """Write a catalogue.parquet frame atomically (the columns are checked first), with the
+    run ``stamp`` in the Parquet metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     missing = [c for c in CATALOGUE_COLUMNS if c not in frame.columns]
     if missing:
         raise ArtifactsError(f"catalogue frame is missing column(s) {missing}; build it with "
                              "engine.artifacts.catalogue_frame")
-    target = Path(path)
-    fd, tmp = _atomic_target(target)
-    os.close(fd)
+    table = pa.Table.from_pandas(
+        frame.loc[:, list(CATALOGUE_COLUMNS)].reset_index(drop=True), preserve_index=False)
+    if stamp is not None:
+        metadata = {**(table.schema.metadata or {}), STAMP_KEY: json.dumps(dict(stamp)).encode()}
+        table = table.replace_schema_metadata(metadata)
+    return write_file(path, lambda temp: pq.write_table(table, temp))
+
+
+def catalogue_stamp(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run stamp in a catalogue.parquet's metadata; ``{}`` when it has none."""
+    import pyarrow.parquet as pq
+
     try:
-        frame.loc[:, list(CATALOGUE_COLUMNS)].reset_index(drop=True).to_parquet(tmp, index=False)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        metadata = pq.read_schema(path).metadata or {}
+        raw = metadata.get(STAMP_KEY)
+        return json.loads(raw) if raw else {}
+    except FileNotFoundError:
         raise
-    return target
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise ArtifactsError(f"{path} is unreadable ({type(err).__name__}: {err})") from None
 
 
 def save_catalogue(
@@ -249,34 +273,47 @@ def save_catalogue(
     popularity: pd.Series | Sequence[float],
     segments: Sequence[str],
 ) -> Path:
-    """Write ``<root>/catalogue.parquet`` (CATALOGUE_COLUMNS) atomically; returns its path."""
+    """Start the run's serving state with this catalogue (CATALOGUE_COLUMNS): a new generation
+    holding it alone, stamped with the towers' run; every other state part (the index, ...)
+    is built from it afterwards. Returns the catalogue's path."""
+    from engine.state import commit_catalogue
+
     frame = catalogue_frame(catalogue, item_texts, popularity, segments)
-    return write_catalogue(ArtifactPaths(root).catalogue, frame)
+    return commit_catalogue(ArtifactPaths(root), frame)
 
 
-def load_catalogue(root: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read ``<root>/catalogue.parquet``; ArtifactsError when missing or malformed."""
+def read_catalogue(path: str | os.PathLike[str], fix: str = "python train.py") -> pd.DataFrame:
+    """Read and check one catalogue.parquet file; ArtifactsError (saying to run ``fix``) when
+    it is malformed."""
     import pandas as pd
 
-    paths = ArtifactPaths(root)
-    paths.check(("catalogue",))
+    path = Path(path)
     try:
-        frame = pd.read_parquet(paths.catalogue)
+        frame = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise ArtifactsError(f"{paths.catalogue} is unreadable ({type(err).__name__}: {err}); "
-                             f"rewrite it with `{paths.command_for('catalogue')}`") from None
+        raise ArtifactsError(f"{path} is unreadable ({type(err).__name__}: {err}); rewrite it "
+                             f"with `{fix}`") from None
     missing = [c for c in CATALOGUE_COLUMNS if c not in frame.columns]
     if missing:
-        raise ArtifactsError(f"{paths.catalogue} lacks column(s) {missing}; rewrite it with "
-                             f"`{paths.command_for('catalogue')}`")
+        raise ArtifactsError(f"{path} lacks column(s) {missing}; rewrite it with `{fix}`")
     frame["item_id"] = frame["item_id"].astype(str)
     for name in ("category", "brand"):  # missing = None (pandas may read NaN into str columns)
         frame[name] = pd.Series([v if isinstance(v, str) else None for v in frame[name]],
                                 index=frame.index, dtype=object)
     if frame["item_id"].duplicated().any():
         dup = frame.loc[frame["item_id"].duplicated(), "item_id"].head(5).tolist()
-        raise ArtifactsError(f"{paths.catalogue} has duplicate item ids (e.g. {dup})")
+        raise ArtifactsError(f"{path} has duplicate item ids (e.g. {dup})")
     return frame
+
+
+def load_catalogue(root: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read the current catalogue of the run at ``root``; ArtifactsError when missing or
+    malformed."""
+    paths = ArtifactPaths(root)
+    paths.check(("catalogue",))
+    return read_catalogue(paths.catalogue, paths.command_for("catalogue"))
 
 
 def item_segments(split: SplitData) -> list[str]:

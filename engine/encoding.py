@@ -4,10 +4,14 @@ and the whole catalogue -> item vectors for the index.
 ``SessionEncoder`` is ``TwoTowerModel.user_emb_from_events`` opened up: it returns the event
 vectors it built (so explanations cost no second BERT pass) and keeps an LRU cache of text
 vectors, so a repeated search query or inline item costs no BERT pass at all.
+
+Bounded work: every text is cut to what the tokenizer can keep (:func:`cap_text`) before it
+is encoded or cached; the cache is keyed by the text's hash (not the text) and bounded in bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -19,33 +23,63 @@ from tqdm.auto import tqdm
 
 from towers import TwoTowerModel, session_tensors
 
+DEFAULT_MAX_TOKENS = 256  # when the item tower does not say (an ID-only tower reads no text)
+CHARS_PER_TOKEN = 32  # a token covers at most this many characters of ordinary text
+DEFAULT_CACHE_BYTES = 64 << 20  # 64 MiB of cached text vectors
+
+
+def max_tokens(model: TwoTowerModel) -> int:
+    """The tokenizer limit of the item tower's text encoder (its ``max_seq_length``)."""
+    bert = getattr(model.item_tower, "bert", None)
+    limit = getattr(bert, "max_seq_length", None)
+    return int(limit) if limit else DEFAULT_MAX_TOKENS
+
+
+def cap_text(text: str, tokens: int) -> str:
+    """``text`` cut to ``tokens * CHARS_PER_TOKEN`` characters: past that the tokenizer has
+    truncated it already (it keeps ``tokens`` tokens), so the vector is the same and the work
+    bounded however long the input."""
+    limit = tokens * CHARS_PER_TOKEN
+    return text if len(text) <= limit else text[:limit]
+
 
 class SessionEncoder:
     """User vectors for sessions in the towers' JSON event shape (``{"type", "item_id"}``,
     ``{"type": "search", "query"}``, ``{"type", "item": {...}}``), every item id known to the
     towers (the engine resolves ids before calling)."""
 
-    def __init__(self, model: TwoTowerModel, text_cache_size: int = 4096) -> None:
+    def __init__(self, model: TwoTowerModel, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.model = model.eval()
-        self.text_cache_size = int(text_cache_size)
-        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._pinned: dict[str, torch.Tensor] = {}  # live-added items' texts -> indexed vector
+        self.cache_bytes = int(cache_bytes)
+        self.max_tokens = max_tokens(model)
+        self._text_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
+        # live-added items' texts (keyed like the cache) -> the vector the index holds
+        self._pinned: dict[bytes, torch.Tensor] = {}
         self._cache_lock = threading.Lock()
+
+    def _key(self, text: str) -> bytes:
+        """The cache key of a text: the hash of the text capped at the tokenizer's limit."""
+        capped = cap_text(text, self.max_tokens)
+        return hashlib.blake2b(capped.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
     def pin(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         """Use ``vectors`` (n, dim) for these item texts from now on: a live-added item in a
         session then reads exactly the vector the index holds for it (with a graph tower that
-        includes its entity part, which its text alone does not give)."""
+        includes its entity part, which its text alone does not give). Pinned vectors are
+        keyed like the cache (hash of the capped text) and never evicted; ``unpin`` drops
+        them."""
         device = self.model.device
         with self._cache_lock:
             pinned = dict(self._pinned)
             for text, vec in zip(texts, np.asarray(vectors, dtype=np.float32)):
-                pinned[text] = torch.from_numpy(vec.copy()).to(device)
+                pinned[self._key(text)] = torch.from_numpy(vec.copy()).to(device)
             self._pinned = pinned
 
     def unpin(self, texts: Sequence[str]) -> None:
+        gone = {self._key(t) for t in texts}
         with self._cache_lock:
-            self._pinned = {t: v for t, v in self._pinned.items() if t not in set(texts)}
+            self._pinned = {k: v for k, v in self._pinned.items() if k not in gone}
 
     @property
     def max_seq_len(self) -> int:
@@ -56,26 +90,53 @@ class SessionEncoder:
         """False for an ID-only item tower: it cannot read queries or inline items."""
         return bool(getattr(self.model.item_tower, "supports_text", False))
 
+    def _entry_bytes(self, vec: torch.Tensor) -> int:
+        return vec.element_size() * vec.nelement() + 64  # + the key and the dict slot
+
+    def cached_bytes(self) -> int:
+        """Bytes held by the text-vector cache (at most ``cache_bytes``)."""
+        return self._cached_bytes
+
     def text_emb(self, texts: Sequence[str]) -> torch.Tensor:
-        """Vectors (n, dim) of texts (queries, inline items) through BERT + adapter, cached."""
+        """Vectors (n, dim) of texts (queries, inline items) through BERT + adapter, cached.
+        Texts are capped at the tokenizer's limit first (:func:`cap_text`)."""
         device = self.model.device
-        with self._cache_lock:
-            cached = {t: self._text_cache[t] for t in texts if t in self._text_cache}
-            for text in cached:
-                self._text_cache.move_to_end(text)
-            cached.update({t: self._pinned[t] for t in texts if t in self._pinned})
-        missing = [t for t in dict.fromkeys(texts) if t not in cached]
-        if missing:
-            fresh = self.model.item_tower.encode_texts(missing).to(device)  # (m, dim)
-            with self._cache_lock:
-                for text, vec in zip(missing, fresh):
-                    cached[text] = vec
-                    self._text_cache[text] = vec
-                while len(self._text_cache) > self.text_cache_size:
-                    self._text_cache.popitem(last=False)
         if not texts:
             return torch.zeros(0, self.model.dim, device=device)
-        return torch.stack([cached[t] for t in texts])
+        capped = [cap_text(t, self.max_tokens) for t in texts]
+        keys = [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                for t in capped]
+        with self._cache_lock:
+            found = {k: self._text_cache[k] for k in keys if k in self._text_cache}
+            for key in found:
+                self._text_cache.move_to_end(key)
+            found.update({k: self._pinned[k] for k in keys if k in self._pinned})
+        missing = {k: t for k, t in zip(keys, capped) if k not in found}
+        if missing:
+            fresh = self.model.item_tower.encode_texts(list(missing.values())).to(device)
+            with self._cache_lock:
+                for key, vec in zip(missing, fresh):
+                    vec = vec.clone()  # a row view would keep the whole batch alive
+                    found[key] = vec
+                    if key not in self._text_cache:
+                        self._text_cache[key] = vec
+                        self._cached_bytes += self._entry_bytes(vec)
+                while self._cached_bytes > self.cache_bytes and self._text_cache:
+                    _, old = self._text_cache.popitem(last=False)
+                    self._cached_bytes -= self._entry_bytes(old)
+        return torch.stack([found[k] for k in keys])
+
+    def item_emb(self, texts: Sequence[str],
+                 links: Sequence[list[tuple[str, str]]] | None = None) -> np.ndarray:
+        """Vectors (n, dim) float32 of new items from their text (capped like queries; not
+        cached: an added item's vector goes into the index) and, with a graph tower, their
+        ``links`` ((relation, entity) pairs per item)."""
+        capped = [cap_text(t, self.max_tokens) for t in texts]
+        return self.model.item_emb_from_texts(capped, links)
+
+    def unpin_all(self) -> None:
+        with self._cache_lock:
+            self._pinned = {}
 
     @torch.inference_mode()
     def encode(

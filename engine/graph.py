@@ -36,6 +36,19 @@ def category_label(entity: str) -> str:
     return label
 
 
+def catalogue_links(model: Any, catalogue: pd.DataFrame,
+                    also: Sequence[str] = ()) -> list[Links] | None:
+    """Per catalogue row, the (relation, entity) links of items the towers did not train on
+    (and of the ids in ``also``), from their catalogue fields as training drew them; empty for
+    the others. None when the towers have no entity part."""
+    if getattr(model.item_tower, "graph", None) is None:
+        return None
+    wanted = ~catalogue["item_id"].isin(model.item_index) | catalogue["item_id"].isin(set(also))
+    rows = catalogue.loc[wanted]
+    by_id = dict(zip(rows["item_id"], GraphExplainer(model).links_for(rows)))
+    return [by_id.get(i, []) for i in catalogue["item_id"]]
+
+
 class GraphExplainer:
     """Links, link weights and per-link output vectors of a graph tower's items (tower items
     from the tower, live-added ones from their fields); see the module docstring."""

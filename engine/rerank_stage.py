@@ -1,12 +1,21 @@
-"""Second training stage: the cross-encoder learns on the trained retriever's hard negatives.
+"""Second training stage: the cross-encoder learns listwise on negatives mined from the
+candidate sources, is exported for CPU serving, and is switched on only where it helps.
 
-Lives in ``engine`` because it wires the towers (candidates) to the reranker (training) over a
-run's artifacts; ``towers`` and ``rerank`` never import each other.
+Steps (:func:`train_reranker_for_run`): mine negatives for the training sessions from the
+sources (towers, BM25), never an item without training interactions or held out as new ->
+listwise training under a time budget -> save (fp32 weights, plus the ONNX / int8 export
+``rerank.backend`` / ``rerank.quantize`` ask for) -> reload exactly as the engine will ->
+score the towers' top-N on the *full* validation split, warm contexts and contexts cut to
+1-3 item events (cold) -> per user group, keep the reranker only where its NDCG@10 lift over
+the towers' order has a bootstrap CI above zero -> ``reranker/policy.json``.
+Lives in ``engine`` because it wires the towers (candidates) to the reranker; ``towers`` and
+``rerank`` never import each other. A function of plain arguments, so ``pipeline/`` can call it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,79 +23,110 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.rerank_sources import build_sources, example_sessions, retrieve_candidates
 from recdata.schema import SplitData
 
 log = logging.getLogger(__name__)
+POLICY_FILE = "policy.json"
+
+__all__ = ["POLICY_FILE", "cold_variant", "example_sessions", "negative_pool",
+           "score_rows", "train_reranker_for_run", "training_groups"]
 
 
-def example_sessions(examples: pd.DataFrame) -> list[list[dict[str, Any]]]:
-    """Example rows -> session event lists in the DESIGN.md JSON shape."""
-    sessions = []
-    for items, types, queries in zip(examples["hist_items"], examples["hist_types"],
-                                     examples["hist_queries"]):
-        sessions.append([{"type": "search", "query": q} if t == "search"
-                         else {"type": t, "item_id": i} for i, t, q in zip(items, types, queries)])
-    return sessions
+def negative_pool(split: SplitData) -> set[str]:
+    """Items that may be negatives: with a training interaction, and not held out as new."""
+    popularity = split.item_popularity
+    return {str(i) for i, p in popularity.items() if p > 0 and str(i) not in split.new_items}
 
 
-def retrieve_candidates(model: Any, examples: pd.DataFrame, n: int, batch_size: int = 512,
-                        with_scores: bool = False) -> Any:
-    """Top-``n`` item ids per example from the towers by exact full-catalogue scoring, the
-    session's own history items excluded (as at serving time); with ``with_scores``, also
-    their retrieval scores, as ``(ids, scores)``."""
-    item_emb = model.catalogue_item_emb()  # (n_items, d)
-    item_ids = np.asarray(model.item_ids, dtype=object)
-    index = model.item_index
-    out: list[list[str]] = []
-    out_scores: list[np.ndarray] = []
-    sessions = example_sessions(examples)
-    for start in range(0, len(sessions), batch_size):
-        chunk = sessions[start:start + batch_size]
-        user_emb = model.user_emb_from_events(chunk, unknown_items="skip")  # (B, d)
-        scores = user_emb @ item_emb.T  # (B, n_items)
-        for row, events in enumerate(chunk):
-            seen = [index[e["item_id"]] for e in events if e.get("item_id") in index]
-            scores[row, seen] = -np.inf
-        top = np.argpartition(-scores, n, axis=1)[:, :n]
-        order = np.take_along_axis(scores, top, 1).argsort(axis=1)[:, ::-1]
-        ranked = np.take_along_axis(top, order, 1)  # (B, n)
-        out.extend(item_ids[ranked].tolist())
-        out_scores.extend(np.take_along_axis(scores, ranked, 1))
-    return (out, out_scores) if with_scores else out
+def training_groups(split: SplitData, sources: Mapping[str, Any], texts: Mapping[str, str],
+                    titles: Mapping[str, str], rcfg: Mapping[str, Any], seed: int
+                    ) -> tuple[pd.DataFrame, list[list[str]], list[tuple[str, list[str]]]]:
+    """The shuffled training rows, their mined negative ids and the listwise groups."""
+    from rerank import build_train_groups, mine_negatives
+
+    train = split.train.sample(frac=1.0, random_state=seed)
+    cap = rcfg.get("max_train_examples")
+    if cap:
+        train = train.iloc[:int(cap)]
+    negatives = mine_negatives(train, sources, negative_pool(split),
+                               n_candidates=int(rcfg["candidates_n"]),
+                               n_hard=int(rcfg["n_hard"]), n_random=int(rcfg["n_random"]),
+                               seed=seed)
+    groups = build_train_groups(train, negatives, texts, titles,
+                                max_events=int(rcfg["context_max_events"]))
+    return train, negatives, groups
 
 
-def tune_blend(reranker: Any, groups: list[tuple[str, list[str], int]],
-               retrieval_scores: list[np.ndarray], rcfg: Mapping[str, Any],
-               alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-               ) -> dict[str, Any]:
-    """The blend weight of rerank vs. retrieval scores that maximises validation NDCG@10 when
-    every candidate is re-scored (the cold-user case); ties go to the smaller weight, so a
-    reranker that does not help is blended out (alpha 0) instead of hurting."""
-    from rerank import RerankPolicy
-    from rerank.train import rank_metrics
+def cold_variant(examples: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Each row's context cut to its last 1, 2 or 3 item events (seeded per row): cold users
+    simulated from longer histories, as the benchmark's ``cold_k`` rows are."""
+    from recdata import truncate_history
 
-    rerank_scores = [reranker.score(context, texts) for context, texts, _ in groups]
-    by_alpha = {}
-    for alpha in alphas:
-        policy = RerankPolicy(blend_alpha=alpha, standardize=rcfg.get("standardize", "zscore"))
-        ndcg = [rank_metrics(policy.blend(retr, rr, np.ones(len(rr), dtype=bool)), pos)[0]
-                for (_, _, pos), retr, rr in zip(groups, retrieval_scores, rerank_scores)]
-        by_alpha[alpha] = float(np.mean(ndcg)) if ndcg else 0.0
-    best = max(alphas, key=lambda a: (round(by_alpha[a], 6), -a))
-    log.info("blend weight on %d validation groups: NDCG@10 by alpha %s -> alpha %s",
-             len(groups), {a: round(v, 4) for a, v in by_alpha.items()}, best)
-    return {"blend_alpha": best, "valid_ndcg_at_10_by_alpha": by_alpha, "groups": len(groups)}
+    cut = np.random.default_rng(seed).integers(1, 4, size=len(examples))
+    parts = [truncate_history(examples.iloc[np.flatnonzero(cut == k)], int(k)) for k in (1, 2, 3)]
+    return pd.concat(parts).loc[examples.index]
+
+
+def score_rows(model: Any, reranker: Any, policy: Any, examples: pd.DataFrame,
+               catalogue: pd.DataFrame, top_n: int) -> Any:
+    """``rerank.evaluate.EvalRows`` of ``examples``: the towers' top-N, their scores, the
+    cross-encoder's scores (only where the target was retrieved), segments and labels."""
+    from rerank.evaluate import EvalRows
+
+    texts = dict(zip(catalogue["item_id"], catalogue["text"]))
+    titles = dict(zip(catalogue["item_id"], catalogue["title"]))
+    segment_of = dict(zip(catalogue["item_id"], catalogue["segment"]))
+    ids, scores = retrieve_candidates(model, examples, top_n, with_scores=True)
+    rows = EvalRows()
+    to_score = []
+    for n, (cands, retr, target, items, types, queries, tseg) in enumerate(zip(
+            ids, scores, examples["target"].astype(str), examples["hist_items"],
+            examples["hist_types"], examples["hist_queries"], examples["target_segment"])):
+        pos = cands.index(target) if target in cands else -1
+        rows.retrieval.append(np.asarray(retr, dtype=np.float64))
+        rows.segments.append([segment_of[c] for c in cands])
+        rows.positive.append(pos)
+        rows.rerank.append(None)
+        n_items = sum(t != "search" for t in types)
+        rows.user_group.append("cold" if policy.is_cold(n_items) else "warm")
+        rows.target_segment.append("new" if tseg == "new" else str(tseg))
+        if pos >= 0:
+            context = reranker.context_text(list(items), list(types), list(queries), titles)
+            to_score.append((n, context, [texts[c] for c in cands]))
+    started = time.perf_counter()
+    chunk = 16  # sessions per scoring call (batched across sessions)
+    for lo in range(0, len(to_score), chunk):
+        part = to_score[lo:lo + chunk]
+        for (n, _, _), s in zip(part, reranker.score_groups([(c, t) for _, c, t in part])):
+            rows.rerank[n] = s
+    log.info("scored %d of %d rows (target retrieved) in %.1f s", len(to_score), len(rows),
+             time.perf_counter() - started)
+    return rows
+
+
+def pair_length_stats(reranker: Any, rows: list[tuple[str, list[str]]]) -> dict[str, Any]:
+    """Untruncated (context, item) pair lengths in tokens, and the share the cap cuts."""
+    lengths = np.concatenate([reranker.encoder.pair_lengths(c, t) for c, t in rows]) \
+        if rows else np.zeros(0)
+    if not len(lengths):
+        return {}
+    return {"pairs": int(len(lengths)), "max_length": reranker.max_length,
+            "p50": float(np.percentile(lengths, 50)), "p95": float(np.percentile(lengths, 95)),
+            "max": int(lengths.max()),
+            "share_cut": float((lengths > reranker.max_length).mean())}
 
 
 def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[str, Any],
                            seed: int, model_path: str) -> dict[str, Any]:
-    """Train ``Reranker`` on ``split``'s examples with the run's towers as the candidate
-    generator; save it to ``run_dir/reranker`` and return its before/after metrics."""
-    from engine.artifacts import load_catalogue, save_json
-    from rerank import Reranker, build_groups, build_pairs, train_reranker
+    """Train, export, evaluate and decide (module docstring); writes ``run_dir/reranker`` and
+    ``reranker/policy.json``; returns the metrics."""
+    from engine.artifacts import ArtifactPaths, load_catalogue, save_json
+    from engine.loading import policy_from_config
+    from engine.state import run_stamp
+    from rerank import Reranker, train_reranker
+    from rerank.evaluate import decide_rules, segment_report
     from towers import load_towers
-
-    from engine.artifacts import ArtifactPaths
 
     run_dir = Path(run_dir)
     ArtifactPaths(run_dir).check_split(split.fingerprint)  # candidates must come from this split
@@ -94,30 +134,49 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
     catalogue = load_catalogue(run_dir)
     texts = dict(zip(catalogue["item_id"], catalogue["text"]))
     titles = dict(zip(catalogue["item_id"], catalogue["title"]))
-    train = split.train.sample(n=min(int(rcfg["max_train_examples"]), len(split.train)),
-                               random_state=seed)
-    valid = split.valid.sample(n=min(int(rcfg["max_valid_groups"]), len(split.valid)),
-                               random_state=seed)
-    log.info("retrieving %d training and %d validation candidate lists", len(train), len(valid))
-    pairs = build_pairs(train, retrieve_candidates(model, train, int(rcfg["candidates_n"])),
-                        texts, titles, n_hard=int(rcfg["n_hard"]), n_random=int(rcfg["n_random"]),
-                        seed=seed, max_events=int(rcfg["context_max_events"]))
-    valid_ids, valid_scores = retrieve_candidates(model, valid, int(rcfg["top_n"]),
-                                                  with_scores=True)
-    groups = build_groups(valid, valid_ids, texts, titles,
-                          max_events=int(rcfg["context_max_events"]))
+    sources = build_sources(list(rcfg["neg_sources"]), model, catalogue,
+                            int(rcfg["context_max_events"]))
+    started = time.perf_counter()
+    train, _, groups = training_groups(split, sources, texts, titles, rcfg, seed)
+    log.info("mined negatives for %d training sessions in %.0f s", len(groups),
+             time.perf_counter() - started)
     reranker = Reranker(model_path, max_length=int(rcfg["max_length"]),
-                        num_layers=rcfg.get("num_layers"),
-                        quantize_int8=bool(rcfg["quantize_int8"]), seed=seed,
+                        num_layers=rcfg.get("num_layers"), backend=str(rcfg["backend"]),
+                        quantize=str(rcfg["quantize"]), seed=seed,
                         batch_size=int(rcfg["score_batch_size"]),
                         context_max_events=int(rcfg["context_max_events"]))
-    metrics = train_reranker(reranker, pairs, groups, epochs=int(rcfg["epochs"]),
-                             batch_size=int(rcfg["batch_size"]), lr=float(rcfg["lr"]),
+    metrics = train_reranker(reranker, groups, epochs=int(rcfg["epochs"]),
+                             groups_per_step=int(rcfg["groups_per_step"]), lr=float(rcfg["lr"]),
                              warmup_ratio=float(rcfg["warmup_ratio"]),
-                             max_steps=rcfg.get("max_steps"), seed=seed)
-    reranker.save(run_dir / "reranker")
-    blend = tune_blend(reranker, groups, valid_scores, rcfg)
-    save_json(run_dir / "reranker" / "blend.json", blend)
-    metrics.update(train_examples=len(train), train_pairs=len(pairs), valid_groups=len(groups),
-                   blend=blend)
+                             max_steps=rcfg.get("max_steps"),
+                             budget_cpu_seconds=rcfg.get("budget_cpu_seconds"), seed=seed)
+    reranker.save(run_dir / "reranker", stamp=run_stamp(ArtifactPaths(run_dir)))
+    served = Reranker.load(run_dir / "reranker")  # what the engine will score with
+    policy = policy_from_config({"rerank": dict(rcfg)})
+    valid = split.valid
+    if rcfg.get("max_valid_groups"):
+        valid = valid.sample(n=min(int(rcfg["max_valid_groups"]), len(valid)),
+                             random_state=seed)
+    started = time.perf_counter()
+    rows = score_rows(model, served, policy, valid, catalogue, policy.top_n)
+    cold = score_rows(model, served, policy, cold_variant(valid, seed), catalogue, policy.top_n)
+    for field in ("retrieval", "rerank", "segments", "positive", "user_group", "target_segment"):
+        getattr(rows, field).extend(getattr(cold, field))
+    decision = decide_rules(rows, standardize=policy.standardize, seed=seed)
+    decision["validation_report"] = segment_report(rows, decision["rules"], policy.standardize,
+                                                   seed=seed)
+    decision["decided_on"] = {"split": "valid", "rows": len(valid),
+                              "rows_by_group": {g: rows.user_group.count(g)
+                                                for g in sorted(set(rows.user_group))}}
+    save_json(run_dir / "reranker" / POLICY_FILE, decision)
+    head = valid.iloc[:200]
+    sample = [(served.context_text(list(i), list(t), list(q), titles), [texts[x] for x in ids])
+              for i, t, q, ids in zip(head["hist_items"], head["hist_types"],
+                                      head["hist_queries"],
+                                      retrieve_candidates(model, head, policy.top_n))]
+    metrics.update(train_examples=len(train), train_groups=len(groups),
+                   engine=served.engine, rules=decision["rules"],
+                   evaluation_seconds=round(time.perf_counter() - started, 1),
+                   pair_lengths=pair_length_stats(served, sample))
+    log.info("policy rules (decided on validation): %s", decision["rules"])
     return metrics

@@ -9,26 +9,35 @@
 ```
 
 Structural mistakes (unknown keys or event types, wrong JSON types, ``k <= 0``, an inline item
-without a title) raise ``SessionError`` with one line: where, what was expected, what arrived,
-how to fix; JSONL input prefixes ``line N:``. Unknown item ids are not structural: the
-``Recommender`` warns about them and ignores them, since only it knows the catalogue.
+without a title, a ``ts`` that is not unix seconds, text that is not Unicode or too long, JSON
+nested too deeply) raise ``SessionError`` with one line: where, what was expected, what arrived,
+how to fix; JSONL input prefixes ``line N:``. Inline items follow the one item schema
+(``engine.items.parse_item``); the field rules are ``engine.inputs``'. Unknown item ids are not
+structural: the ``Recommender`` warns about them and ignores them, since only it knows the
+catalogue. The service (``serve``) and ``query.py`` both parse with :func:`parse_session`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import SessionError
-from recdata.schema import CATALOGUE_OPTIONAL, EVENT_TYPES
+from engine.inputs import MAX_ID_CHARS, check_id, check_text, check_ts, loads
+from engine.inputs import kind as _kind
+from engine.inputs import show as _show
+from engine.items import ITEM_KEYS, parse_item
+from recdata.schema import EVENT_TYPES
 
 SESSION_KEYS: tuple[str, ...] = ("user_id", "k", "events", "exclude")
 EVENT_KEYS: tuple[str, ...] = ("type", "item_id", "item", "query", "ts")
-INLINE_ITEM_KEYS: tuple[str, ...] = ("item_id", "title", *CATALOGUE_OPTIONAL)
+INLINE_ITEM_KEYS: tuple[str, ...] = ITEM_KEYS
 ITEM_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "search")
-_SHOW = 60  # characters of an offending value quoted in a message
+MAX_EVENTS = 10_000  # events per session (the user tower reads the last max_seq_len of them)
+MAX_EXCLUDE = 10_000  # ids per session's "exclude"
+DEFAULT_EXAMPLE_K = 10  # k of sessions built from evaluation examples (callers rank further)
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Event:
     item_id: str | None = None
     query: str | None = None
     item: Mapping[str, Any] | None = None
+    ts: int | None = None  # unix seconds, when the client sent it (the event order is the list's)
 
     @property
     def is_search(self) -> bool:
@@ -67,19 +77,12 @@ class Session:
         return f"line {self.line}: " if self.line is not None else ""
 
 
-def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= _SHOW else text[: _SHOW - 3] + "..."
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _nonempty_str(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
+
+
+def _fail(where: str) -> Any:
+    return lambda message: SessionError(f"{where}: {message}" if where else message)
 
 
 def _parse_inline_item(item: Any, where: str) -> dict[str, Any]:
@@ -87,27 +90,7 @@ def _parse_inline_item(item: Any, where: str) -> dict[str, Any]:
         raise SessionError(f"{where}: \"item\" must be an object with at least a \"title\", "
                            f"e.g. {{\"title\": \"Acme USB microscope\"}}; got {_kind(item)} "
                            f"{_show(item)}")
-    unknown = sorted(set(item) - set(INLINE_ITEM_KEYS))
-    if unknown:
-        raise SessionError(f"{where}: inline item has unknown key(s) {unknown}; allowed keys are "
-                           f"{list(INLINE_ITEM_KEYS)}")
-    if not _nonempty_str(item.get("title")):
-        raise SessionError(f"{where}: an inline item needs a non-empty string \"title\"; got "
-                           f"{_show(item.get('title'))}")
-    category = item.get("category")
-    if category is not None and not (
-            isinstance(category, str)
-            or (isinstance(category, list) and all(isinstance(c, str) for c in category))):
-        raise SessionError(f"{where}: inline item \"category\" must be a string (\"A > B\") or a "
-                           f"list of strings; got {_kind(category)} {_show(category)}")
-    for key in ("brand", "description", "item_id"):
-        if item.get(key) is not None and not isinstance(item[key], str):
-            raise SessionError(f"{where}: inline item \"{key}\" must be a string; got "
-                               f"{_kind(item[key])} {_show(item[key])}")
-    if item.get("attributes") is not None and not isinstance(item["attributes"], Mapping):
-        raise SessionError(f"{where}: inline item \"attributes\" must be an object of "
-                           f"name: value; got {_kind(item['attributes'])}")
-    return dict(item)
+    return parse_item(item, f"{where}: inline item", inline=True, error=SessionError)
 
 
 def _parse_event(raw: Any, where: str) -> Event:
@@ -123,23 +106,21 @@ def _parse_event(raw: Any, where: str) -> Event:
         raise SessionError(f"{where}: \"type\" must be one of {list(EVENT_TYPES)}; got "
                            f"{_show(kind)}")
     kind = kind.strip().lower()
+    ts = check_ts(raw.get("ts"), "ts", _fail(where))
     given = [key for key in ("item_id", "item", "query") if raw.get(key) is not None]
     if kind == "search":
         if given != ["query"] or not _nonempty_str(raw["query"]):
             raise SessionError(f"{where}: a \"search\" event needs a non-empty string \"query\" "
                                f"(and no item); got {_show(dict(raw))}")
-        return Event(kind, query=" ".join(raw["query"].split()))
+        query = check_text(raw["query"], "query", _fail(where), required=True)
+        return Event(kind, query=" ".join(query.split()), ts=ts)
     if len(given) != 1 or given == ["query"]:
         raise SessionError(f"{where}: a {kind!r} event needs exactly one of \"item_id\" (a "
                            "catalogue id) or \"item\" (an inline new item with a \"title\"); got "
                            f"{_show(dict(raw))}")
     if given == ["item"]:
-        return Event(kind, item=_parse_inline_item(raw["item"], where))
-    item_id = raw["item_id"]
-    if not _nonempty_str(item_id):
-        raise SessionError(f"{where}: \"item_id\" must be a non-empty string; got "
-                           f"{_kind(item_id)} {_show(item_id)} (quote numeric ids: \"123\")")
-    return Event(kind, item_id=item_id.strip())
+        return Event(kind, item=_parse_inline_item(raw["item"], where), ts=ts)
+    return Event(kind, item_id=check_id(raw["item_id"], "item_id", _fail(where)), ts=ts)
 
 
 def parse_session(obj: Any, *, max_events: int | None = None, line: int | None = None) -> Session:
@@ -158,10 +139,12 @@ def parse_session(obj: Any, *, max_events: int | None = None, line: int | None =
     if "events" not in obj or not isinstance(obj["events"], list):
         raise SessionError(f"{prefix}a session needs \"events\": a list of events (it may be "
                            f"empty); got {_kind(obj.get('events'))}")
+    fail = _fail(prefix.rstrip(": "))
     user_id = obj.get("user_id")
     if user_id is not None and not isinstance(user_id, str):
         raise SessionError(f"{prefix}\"user_id\" must be a string; got {_kind(user_id)} "
                            f"{_show(user_id)}")
+    user_id = check_text(user_id, "user_id", fail, max_chars=MAX_ID_CHARS)
     k = obj.get("k")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise SessionError(f"{prefix}\"k\" must be an integer >= 1 (how many items to return); "
@@ -169,12 +152,16 @@ def parse_session(obj: Any, *, max_events: int | None = None, line: int | None =
     exclude = obj.get("exclude", [])
     if exclude is None:
         exclude = []
-    if not isinstance(exclude, list) or not all(_nonempty_str(i) for i in exclude):
-        raise SessionError(f"{prefix}\"exclude\" must be a list of item id strings; got "
-                           f"{_show(exclude)}")
+    if not isinstance(exclude, list) or not all(_nonempty_str(i) for i in exclude) or len(
+            exclude) > MAX_EXCLUDE:
+        raise SessionError(f"{prefix}\"exclude\" must be a list of at most {MAX_EXCLUDE} item "
+                           f"id strings; got {_show(exclude)}")
+    exclude = [check_id(i, "exclude", fail) for i in exclude]
+    if len(obj["events"]) > MAX_EVENTS:
+        raise SessionError(f"{prefix}\"events\" holds {len(obj['events'])} events; at most "
+                           f"{MAX_EVENTS} are read (the user tower keeps only the most recent)")
     events = [_parse_event(raw, f"{prefix}event {n}") for n, raw in enumerate(obj["events"])]
-    session = Session(events=events, user_id=user_id, k=k,
-                      exclude=[i.strip() for i in exclude], line=line)
+    session = Session(events=events, user_id=user_id, k=k, exclude=exclude, line=line)
     if max_events is not None:
         cut_events(session, max_events)
     return session
@@ -204,13 +191,13 @@ def parse_sessions_text(
     """
     if jsonl is None:
         try:
-            json.loads(text)
+            obj = loads(text, SessionError, source)
             jsonl = False
         except json.JSONDecodeError as err:
             jsonl = err.msg == "Extra data"  # a second JSON value follows the first: JSONL
     if not jsonl:
         try:
-            obj = json.loads(text)
+            obj = loads(text, SessionError, source)
         except json.JSONDecodeError as err:
             raise SessionError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column "
                                f"{err.colno}); expected one session object, a list of them, or "
@@ -231,7 +218,7 @@ def parse_sessions_text(
         if not raw_line.strip():
             continue
         try:
-            obj = json.loads(raw_line)
+            obj = loads(raw_line, SessionError, f"line {number}")
         except json.JSONDecodeError as err:
             raise SessionError(f"line {number}: not valid JSON ({err.msg} at column {err.colno}); "
                                "JSONL needs one complete session object per line") from None
@@ -239,3 +226,18 @@ def parse_sessions_text(
     if not sessions:
         raise SessionError(f"{source}: holds no session; expected one JSON object per line")
     return sessions, True
+
+
+def sessions_from_examples(hist_items: Sequence[Sequence[str | None]],
+                           hist_types: Sequence[Sequence[str]],
+                           hist_queries: Sequence[Sequence[str | None]],
+                           k: int = DEFAULT_EXAMPLE_K) -> list[Session]:
+    """Evaluation example rows (``recdata`` split columns) as sessions: the benchmark and the
+    ranker's training stage send them through the very path a served session takes."""
+    sessions = []
+    for items, types, queries in zip(hist_items, hist_types, hist_queries):
+        events = [Event(type="search", query=q) if t == "search" else Event(type=t, item_id=i)
+                  for i, t, q in zip(items, types, queries)
+                  if (t == "search" and q) or (t != "search" and i is not None)]
+        sessions.append(Session(events=events, k=k))
+    return sessions

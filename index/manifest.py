@@ -8,24 +8,19 @@ A saved index is one directory::
     manifest.json   dim, metric, count, factory, kind, params, build_time_s, built_at,
                     faiss_version, save_id, + the caller's extras (e.g. model_fingerprint)
 
-Writes are atomic at directory level: everything goes into a temp dir beside the target (same
-parent, so renames stay on one file system), is fsynced, then swapped in with two renames
-(target -> ``.<name>.old-*``, temp -> target) and the old copy deleted. A crash at any point leaves
-a complete index: the old one, the new one, or (only between the two renames) the old one under
-``.<name>.old-*``, which ``resolve_saved_dir`` falls back to and the next save moves back.
-One writer per directory at a time is assumed. Readers may run concurrently: a reader that
-straddles a swap notices (save_id changed) and reads again.
+Writes are atomic at directory level through ``storage.atomic.write_dir`` (the writer every
+artifact shares): a temp dir beside the target, fsynced, then swapped in; a crash at any point
+leaves a complete index, old or new (see that module). One writer per directory at a time is
+assumed. Readers may run concurrently: a reader that straddles a swap notices (save_id
+changed) and reads again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +29,7 @@ import faiss
 import numpy as np
 
 from index.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError
+from storage.atomic import resolve_dir, write_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +72,7 @@ def write_saved(
         np.save(temp / VECTORS_FILE, vectors)
         write_json(temp / MANIFEST_FILE, manifest)
 
-    return write_dir_atomically(directory, write)
+    return write_dir(directory, write)
 
 
 def read_saved(directory: str | Path, expect: Mapping[str, Any] | None = None) -> SavedIndex:
@@ -153,53 +149,13 @@ def _check_consistent(saved: SavedIndex) -> None:
                                 f"{'; '.join(problems)}; {REBUILD_HINT}")
 
 
-def write_dir_atomically(directory: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temp_dir)`` to fill a fresh directory, then swap it in at ``directory``.
-
-    On any exception the temp dir is deleted, the previous ``directory`` (if any) is left in
-    place, and the exception propagates.
-    """
-    target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"cannot save an index to {target}: it exists and is a file")
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _restore_interrupted_swap(target)
-    _remove_stale_temps(target)
-
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    old: Path | None = None
-    try:
-        write(temp)
-        for path in temp.iterdir():
-            _fsync_file(path)
-        _fsync_dir(temp)
-        if target.exists():
-            old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-        os.rename(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        if old is not None and old.exists() and not target.exists():
-            os.rename(old, target)  # put the previous index back where readers look for it
-        raise
-    _fsync_dir(parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
 def resolve_saved_dir(directory: str | Path) -> Path:
     """The directory to read a saved index from, or IndexNotFoundError saying how to build one.
 
     Falls back to ``.<name>.old-*`` when a save was interrupted between its two renames.
     """
-    target = Path(directory)
+    target = resolve_dir(directory)
     if not target.exists():
-        olds = _complete_olds(target)
-        if olds:
-            log.warning("index %s missing; reading %s left by an interrupted save", target, olds[0])
-            return olds[0]
         raise IndexNotFoundError(
             f"no saved index at {target}: directory does not exist; {BUILD_HINT}"
         )
@@ -238,50 +194,3 @@ def write_json(path: Path, payload: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=1, sort_keys=False)
         f.write("\n")
-
-
-def _complete_olds(target: Path) -> list[Path]:
-    """Complete ``.<name>.old-*`` siblings, newest first."""
-    if not target.parent.is_dir():
-        return []
-    olds = [
-        p
-        for p in target.parent.glob(f".{target.name}.old-*")
-        if p.is_dir() and all((p / name).is_file() for name in SAVED_FILES)
-    ]
-    return sorted(olds, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def _restore_interrupted_swap(target: Path) -> None:
-    if target.exists():
-        for old in target.parent.glob(f".{target.name}.old-*"):
-            shutil.rmtree(old, ignore_errors=True)  # the swap finished; only the delete was missed
-        return
-    olds = _complete_olds(target)
-    if olds:
-        log.warning("restoring %s from %s left by an interrupted save", target, olds[0])
-        os.rename(olds[0], target)
-
-
-def _remove_stale_temps(target: Path) -> None:
-    for temp in target.parent.glob(f".{target.name}.tmp-*"):
-        log.warning("removing %s left by an interrupted save", temp)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; rename durability is best effort there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -40,8 +40,20 @@ def load_dataset(source: str, **options: Any) -> Dataset:
     """Load one source by name; ``options`` are that loader's keyword arguments.
 
     synthetic: n_items, n_users, seed, ...; amazon_unisrec: root, name; movielens: root,
-    min_rating; files: catalogue, events, name, tags, relations (both optional).
+    min_rating; files: catalogue, events, name, tags, relations (both optional). Any source
+    without a fixed split also takes ``event_log`` (a service's event log,
+    ``artifacts/<run>/events``): its events are added.
     """
+    event_log = options.pop("event_log", None)
+    dataset = _load_source(source, **options)
+    if event_log:
+        from recdata.eventlog_source import with_event_log
+
+        dataset = with_event_log(dataset, resolve_path(event_log))
+    return dataset
+
+
+def _load_source(source: str, **options: Any) -> Dataset:
     if source == "synthetic":
         from recdata.synthetic import generate_synthetic
 

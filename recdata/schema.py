@@ -87,6 +87,9 @@ class SplitData:
     events), the split settings, the seed and the held-out item set: artifacts record it, and
     whatever evaluates artifacts refuses ones made on another split.
     ``relations``: the dataset's relations-file triples, if any (catalogue content, not events).
+    ``ranker_items``: a second seeded share kept out of the towers' training (not out of
+    validation); ``ranker_train``: the training-period rows whose target is one of them, for
+    the ranking stage (see ``recdata.splits.split_dataset``).
     """
 
     catalogue: pd.DataFrame
@@ -102,6 +105,8 @@ class SplitData:
     item_tags: pd.DataFrame | None = None
     cut_ts: int | None = None
     fingerprint: str = ""
+    ranker_items: frozenset[str] = frozenset()
+    ranker_train: pd.DataFrame | None = None
 
 
 def _fail(source: str, msg: str) -> DataError:

@@ -192,20 +192,28 @@ def split_dataset(
     valid_frac: float = 0.1,
     test_frac: float = 0.1,
     distinct_targets: bool = False,
+    ranker_item_share: float = 0.0,
 ) -> SplitData:
     """Split a dataset into train / valid / test examples with segment labels.
 
     ``new_item_share`` of the catalogue (seeded) is held out: every interaction with those
     items is removed from training and validation (targets and contexts), while the items stay
     in the catalogue with their text; test keeps them, as targets labelled ``new``.
+    ``ranker_item_share`` of the remaining items (drawn after the new items, so those do not
+    change) is kept out of the *towers'* training the same way, but not out of validation:
+    their training-period rows become ``ranker_train`` and, with the validation rows, teach
+    the ranking stage how items the towers never saw behave (FINDINGS: a ranker fitted on
+    warm targets only learns "popular = likely" and drops new items).
     ``distinct_targets``: only an item's first event in a user's sequence is a target (the
     next *new* item; repeats stay in the contexts) — the serving task, where history items are
     excluded from recommendations. Off for the UniSRec files, whose split it must reproduce.
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-    if not 0.0 <= new_item_share < 1.0:
-        raise DataError(f"new_item_share must be in [0, 1), got {new_item_share}")
+    if not 0.0 <= new_item_share < 1.0 or not 0.0 <= ranker_item_share < 1.0 \
+            or new_item_share + ranker_item_share >= 1.0:
+        raise DataError(f"new_item_share and ranker_item_share must be in [0, 1) with a sum "
+                        f"below 1, got {new_item_share} and {ranker_item_share}")
     events = dataset.events
     if protocol == "loo":
         train, valid, test, cuts, cut_ts = _loo_rows(events, history_cap, distinct_targets)
@@ -226,18 +234,27 @@ def split_dataset(
     n_new = int(round(new_item_share * len(catalogue)))
     new_items = frozenset(rng.choice(catalogue["item_id"].to_numpy(), n_new, replace=False)
                           .tolist()) if n_new else frozenset()
-    train_events = events.loc[before & ~events["item_id"].isin(new_items)].reset_index(drop=True)
+    n_ranker = int(round(ranker_item_share * len(catalogue)))
+    rest = catalogue.loc[~catalogue["item_id"].isin(new_items), "item_id"].to_numpy()
+    ranker_items = frozenset(rng.choice(rest, n_ranker, replace=False).tolist()) \
+        if n_ranker else frozenset()
+    unseen_by_towers = new_items | ranker_items
+    train_events = events.loc[before & ~events["item_id"].isin(unseen_by_towers)
+                              ].reset_index(drop=True)
     popularity = (train_events.loc[train_events["event"] != "search", "item_id"].value_counts()
                   .reindex(catalogue["item_id"], fill_value=0).astype("int64"))
     head = head_items(popularity, head_share)
     long_tail = frozenset(popularity.index[(popularity > 0)]) - head
-    train_df = _drop_items(_frame(train), new_items, keep_targets=False)
+    all_train = _frame(train)
+    train_df = _drop_items(all_train, unseen_by_towers, keep_targets=False)
+    ranker_df = _drop_items(all_train.loc[all_train["target"].isin(ranker_items)], new_items,
+                            keep_targets=True)
     valid_df = _drop_items(_frame(valid), new_items, keep_targets=False)
     test_df = _frame(test)
     settings = {"protocol": protocol, "history_cap": history_cap,
                 "new_item_share": new_item_share, "head_share": head_share, "seed": seed,
                 "valid_frac": valid_frac, "test_frac": test_frac,
-                "distinct_targets": distinct_targets}
+                "distinct_targets": distinct_targets, "ranker_item_share": ranker_item_share}
     return SplitData(
         catalogue=catalogue, train_events=train_events, train=train_df,
         valid=label_segments(valid_df, popularity, head, new_items),
@@ -245,7 +262,9 @@ def split_dataset(
         item_popularity=popularity, new_items=new_items, long_tail=long_tail, protocol=protocol,
         relations=dataset.relations,
         item_tags=tags, cut_ts=None if cut_ts is None else int(cut_ts),
-        fingerprint=split_fingerprint(dataset, settings, new_items),
+        fingerprint=split_fingerprint(dataset, settings, unseen_by_towers),
+        ranker_items=ranker_items,
+        ranker_train=label_segments(ranker_df, popularity, head, new_items),
     )
 
 

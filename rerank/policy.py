@@ -12,6 +12,12 @@ is thin"):
 
 ``mode="always"`` re-scores all top-N for everyone, ``mode="never"`` nothing (ablations).
 
+``rules`` (written by the reranker stage into ``reranker/policy.json``, decided on validation)
+override this per user group: ``{"cold": {"enabled": bool, "blend_alpha": float,
+"rerank_segments": [...]}, "warm": {...}}``. A disabled group is never re-scored: the stage
+turns a group off unless the reranker beat the retriever's order there with a bootstrap
+confidence interval that excludes zero.
+
 Blending rule (:meth:`RerankPolicy.blend`), per query's candidate list:
 
 1. the retrieval scores of the whole list are standardised (z-score, or min-max): ``r``;
@@ -30,7 +36,8 @@ score, so their relative order never changes and the final list can be re-sorted
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +48,7 @@ log = logging.getLogger(__name__)
 MODES = ("auto", "always", "never")
 STANDARDIZERS = ("zscore", "minmax")
 ITEM_SEGMENTS = ("head", "long_tail", "new")
+USER_GROUPS = ("cold", "warm")
 _EPS = 1e-12
 
 
@@ -69,6 +77,7 @@ class RerankPolicy:
         blend_alpha: weight of the rerank score for a re-scored candidate, in [0, 1].
         rerank_segments: item segments re-scored for a warm user.
         standardize: ``"zscore"`` or ``"minmax"`` (within the query's candidate list).
+        rules: per user group (``cold``/``warm``) overrides, see the module docstring.
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class RerankPolicy:
         blend_alpha: float = 0.5,
         rerank_segments: Sequence[str] = ("long_tail", "new"),
         standardize: str = "zscore",
+        rules: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if mode not in MODES:
             raise RerankError(f"mode= must be one of {list(MODES)}, got {mode!r}")
@@ -103,11 +113,30 @@ class RerankPolicy:
         self.blend_alpha = float(blend_alpha)
         self.rerank_segments = tuple(rerank_segments)
         self.standardize = standardize
+        self.rules = self._check_rules(rules or {})
+
+    @staticmethod
+    def _check_rules(rules: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for group, rule in rules.items():
+            if group not in USER_GROUPS or not isinstance(rule, Mapping):
+                raise RerankError(f"rules must map {list(USER_GROUPS)} to objects, got "
+                                  f"{group!r}: {rule!r}")
+            alpha = float(rule.get("blend_alpha", 0.5))
+            segments = tuple(rule.get("rerank_segments", ITEM_SEGMENTS))
+            if not 0.0 <= alpha <= 1.0 or set(segments) - set(ITEM_SEGMENTS):
+                raise RerankError(f"rules[{group!r}]: blend_alpha must be in [0, 1] and "
+                                  f"rerank_segments drawn from {list(ITEM_SEGMENTS)}; got "
+                                  f"{alpha}, {list(segments)}")
+            out[group] = {"enabled": bool(rule.get("enabled", True)), "blend_alpha": alpha,
+                          "rerank_segments": segments}
+        return out
 
     def __repr__(self) -> str:
         return (f"RerankPolicy(mode={self.mode!r}, top_n={self.top_n}, "
                 f"cold_max_events={self.cold_max_events}, blend_alpha={self.blend_alpha}, "
-                f"rerank_segments={self.rerank_segments}, standardize={self.standardize!r})")
+                f"rerank_segments={self.rerank_segments}, standardize={self.standardize!r}, "
+                f"rules={self.rules})")
 
     def is_cold(self, n_item_events: int) -> bool:
         """True for a new or cold user (at most ``cold_max_events`` item events)."""
@@ -130,6 +159,12 @@ class RerankPolicy:
         if self.mode == "never":
             return selected
         head = slice(0, min(self.top_n, len(segments)))
+        rule = self.rules.get("cold" if self.is_cold(n_item_events) else "warm")
+        if rule is not None and self.mode == "auto":
+            if rule["enabled"]:
+                wanted = set(rule["rerank_segments"])
+                selected[head] = [s in wanted for s in segments[head]]
+            return selected
         if self.mode == "always" or self.is_cold(n_item_events):
             selected[head] = True
         else:
@@ -142,12 +177,14 @@ class RerankPolicy:
         retrieval_scores: np.ndarray,
         rerank_scores: np.ndarray,
         selected: np.ndarray,
+        n_item_events: int | None = None,
     ) -> np.ndarray:
         """Final scores for one candidate list, comparable across selected and unselected.
 
         ``retrieval_scores``: (n,) from the retriever. ``rerank_scores``: (n,) cross-encoder scores,
         read only where ``selected`` (other entries may be NaN). ``selected``: (n,) bool from
-        :meth:`select`. Returns float64 (n,); sort by it descending for the final list.
+        :meth:`select`. ``n_item_events``: the session's, to use its user group's blend weight
+        from ``rules`` (else ``blend_alpha``). Returns float64 (n,); sort by it descending.
         """
         retrieval = np.asarray(retrieval_scores, dtype=np.float64)
         rerank = np.asarray(rerank_scores, dtype=np.float64)
@@ -161,13 +198,21 @@ class RerankPolicy:
             )
         if not np.isfinite(retrieval).all() or not np.isfinite(rerank[selected]).all():
             raise RerankError("retrieval_scores and the selected rerank_scores must be finite")
+        alpha = self.alpha_for(n_item_events)
         final = standardize_scores(retrieval, self.standardize)  # (n,) r
-        if selected.sum() < 2 or self.blend_alpha == 0.0:
+        if selected.sum() < 2 or alpha == 0.0:
             return final  # a single re-scored item has nothing to be reordered against
         band = final[selected]
         loc, scale = _loc_scale(band, self.standardize)
         if scale <= _EPS:  # tied retrieval scores: let the reranker break the tie at unit scale
             scale = 1.0
         mapped = loc + scale * standardize_scores(rerank[selected], self.standardize)
-        final[selected] = self.blend_alpha * mapped + (1.0 - self.blend_alpha) * band
+        final[selected] = alpha * mapped + (1.0 - alpha) * band
         return final
+
+    def alpha_for(self, n_item_events: int | None) -> float:
+        """The blend weight for a session with ``n_item_events`` (None: ``blend_alpha``)."""
+        if n_item_events is None:
+            return self.blend_alpha
+        rule = self.rules.get("cold" if self.is_cold(n_item_events) else "warm")
+        return rule["blend_alpha"] if rule is not None else self.blend_alpha

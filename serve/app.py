@@ -2,10 +2,13 @@
 the routes and the worker/thread model).
 
 Handlers are ``async``: they read and validate the body on the event loop (cheap, bounded by
-``max_body_bytes``), then run the engine in worker threads bounded by an ``anyio``
-``CapacityLimiter`` (``engine_threads``), so at most that many requests use the CPU at once and
-the rest queue instead of oversubscribing the cores. Live edits are serialised by one lock and
-persisted with ``Recommender.save`` before they are acknowledged.
+``max_body_bytes``), then run the engine *and the JSON serialisation of its answer* in worker
+threads bounded by an ``anyio`` ``CapacityLimiter`` (``engine_threads``), so at most that many
+requests use the CPU at once, the rest queue instead of oversubscribing the cores, and the
+event loop stays free for ``/healthz``. A request asks for at most ``max_results`` items in all
+(k x sessions). Live edits go through ``Recommender.edit_items`` (the path of
+``build_index.py add=/remove=`` too): the artifacts' writer lock, a reload when another
+process committed, one generation per edit, persisted before they are acknowledged.
 """
 
 from __future__ import annotations
@@ -25,25 +28,30 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 
-from engine.errors import CatalogueError, SessionError
+from engine.errors import (
+    SessionError,
+)
 from engine.recommender import DEFAULT_K, Recommender
 from engine.session import Session
+from recdata.eventlog import EventLog
 from serve.auth import API_KEY_HEADER, ApiKeyCheck, ApiKeyMiddleware, keys_from_env
+from serve.items import add_item_routes
+from serve.events import EventsService, add_event_routes
 from serve.metrics import RequestMiddleware, ServeMetrics
 from serve.models import (
     REQUEST_MODELS,
     BatchResponse,
     ErrorResponse,
     HealthResponse,
-    ItemRemoved,
-    ItemsAdded,
     RecommendResponse,
     error_loc,
-    items_of,
+    json_body,
     parse_one,
     read_json,
     unprocessable,
 )
+from serve.privacy import Pseudonymizer
+from serve.reload import reload_watcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +60,8 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB
 DEFAULT_MAX_BATCH = 256  # sessions per /recommend/batch call
 DEFAULT_MAX_ITEMS = 256  # items per POST /items call
 DEFAULT_ENGINE_THREADS = 2  # engine calls running at once (the CPU cores of the target box)
+DEFAULT_MAX_RESULTS = 10_000  # items per request, k x sessions (~3.5 MB of JSON)
+DEFAULT_LOCK_WAIT_S = 10.0  # a live edit waits this long for another writer, then 503
 TITLE = "firstclick"
 
 
@@ -68,6 +78,8 @@ class ServeState:
     max_items: int
     engine_threads: int
     torch_threads: int | None
+    max_results: int = DEFAULT_MAX_RESULTS
+    lock_wait_s: float = DEFAULT_LOCK_WAIT_S
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     limiter: anyio.CapacityLimiter | None = None
@@ -82,6 +94,22 @@ class ServeState:
         """``fn(*args)`` in a worker thread: engine calls take one of ``engine_threads`` slots."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
 
+    def check_results(self, k: int | None, sessions: list[Session],
+                      base: tuple[str | int, ...]) -> None:
+        """422 when the request asks for more than ``max_results`` items in all."""
+        total = sum(k or s.k or DEFAULT_K for s in sessions)
+        if total > self.max_results:
+            where = ["query", "k"] if k is not None else list(base)
+            raise unprocessable(where, f"the request asks for {total} items in all ("
+                                f"{len(sessions)} session(s) x k); at most {self.max_results} "
+                                "per request: lower k or split the batch")
+
+    def edit(self, **kwargs: Any) -> dict[str, Any]:
+        """A live edit (engine.edits), serialised within this process by ``write_lock``."""
+        with self.write_lock:
+            return self.engine.edit_items(lock_timeout=self.lock_wait_s, who="serve (live edit)",
+                                          **kwargs)
+
 
 def _k_error(err: SessionError, k: int | None, sessions: list[Session], n_items: int,
              base: tuple[str | int, ...]) -> HTTPException:
@@ -93,17 +121,12 @@ def _k_error(err: SessionError, k: int | None, sessions: list[Session], n_items:
     return unprocessable(error_loc(str(err), tuple(where)), str(err))
 
 
-def _json_body(*models: str) -> dict[str, Any]:
-    refs = [{"$ref": f"#/components/schemas/{m}"} for m in models]
-    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": schema}}}}
-
-
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing or invalid API key (only when API "
                                                  "keys are configured; never for /healthz)"},
     413: {"model": ErrorResponse, "description": "request body too large"},
+    415: {"model": ErrorResponse, "description": "a body route was sent something other than "
+                                                 "application/json"},
     500: {"model": ErrorResponse, "description": "unexpected error (see request_id in logs)"},
 }
 
@@ -112,23 +135,47 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
                api_keys: set[str] | None = None, *, rerank: bool = True,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
                max_items: int = DEFAULT_MAX_ITEMS, engine_threads: int = DEFAULT_ENGINE_THREADS,
-               torch_threads: int | None = None) -> FastAPI:
+               torch_threads: int | None = None, max_results: int = DEFAULT_MAX_RESULTS,
+               lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
+               event_log: str | Path | EventLog | None = None,
+               user_key: bytes | None = None, web: bool = True,
+               reload_every_s: float | None = None) -> FastAPI:
     """The app over ``recommender``, or over ``artifacts`` loaded once at start-up (lifespan).
 
-    ``api_keys``: None reads ``FIRSTCLICK_API_KEYS``; an empty set turns auth off.
+    ``api_keys``: None reads ``FIRSTCLICK_API_KEYS`` (set but without a usable key:
+    AuthConfigError); an empty set turns auth off, explicitly (logged as a warning).
     ``torch_threads``: when set, ``torch.set_num_threads`` at start-up (process-wide).
+    ``max_results``: items one request may ask for in all (k x sessions).
+    ``event_log``: the folder of the event log (``<artifacts>/events``, or an opened
+    ``EventLog``) that ``POST /events`` appends to and the live counts are rebuilt from; None:
+    no log (those routes answer 503).
+    ``user_key``: the HMAC key user ids are pseudonymised with (``serve.privacy``); None:
+    events are refused (503), since raw ids must not be stored. ``web``: serve the page (/ui/).
+    ``reload_every_s``: poll the artifacts this often and swap in newly committed towers
+    (``serve.reload``; ``python -m pipeline.refresh``); None: never.
     """
     if artifacts is None and recommender is None:
         raise ValueError("create_app needs artifacts= (a run directory) or recommender=")
     for name, value in (("max_body_bytes", max_body_bytes), ("max_batch", max_batch),
-                        ("max_items", max_items), ("engine_threads", engine_threads)):
+                        ("max_items", max_items), ("engine_threads", engine_threads),
+                        ("max_results", max_results)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    keys = keys_from_env() if api_keys is None else set(api_keys)
+    if not keys:
+        log.warning("API-key auth is OFF: every client that can reach this service may edit "
+                    "the catalogue; set %s or --api-keys-file to turn it on",
+                    "FIRSTCLICK_API_KEYS")
     state = ServeState(
         artifacts=Path(artifacts) if artifacts is not None else None, recommender=recommender,
-        rerank=rerank, auth=ApiKeyCheck(keys_from_env() if api_keys is None else api_keys),
-        max_body_bytes=max_body_bytes, max_batch=max_batch, max_items=max_items,
-        engine_threads=engine_threads, torch_threads=torch_threads)
+        rerank=rerank, auth=ApiKeyCheck(keys), max_body_bytes=max_body_bytes,
+        max_batch=max_batch, max_items=max_items, engine_threads=engine_threads,
+        torch_threads=torch_threads, max_results=max_results, lock_wait_s=lock_wait_s)
+    events = EventsService(pseudonymizer=Pseudonymizer(user_key) if user_key else None)
+    if isinstance(event_log, EventLog):
+        events.log = event_log
+    elif event_log is not None:
+        events.log_dir = Path(event_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -138,14 +185,27 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
             torch.set_num_threads(state.torch_threads)
         if state.recommender is None:
             from engine.loading import quiet_libraries
+            from engine.state import state_store
 
             quiet_libraries()
+            await anyio.to_thread.run_sync(state_store(state.artifacts).tidy)
             state.recommender = await anyio.to_thread.run_sync(
                 partial(Recommender.from_artifacts, state.artifacts, rerank=state.rerank))
         state.limiter = anyio.CapacityLimiter(state.engine_threads)
         state.metrics.track_index_size(lambda: state.recommender.n_items)
+        counts = await anyio.to_thread.run_sync(events.open)
+        if counts is not None:
+            state.recommender.counts = counts
+        watcher = reload_watcher(state, events, reload_every_s)
+        if watcher is not None:
+            watcher.start()
         log.info("serving %s", state.recommender.info())
-        yield
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            events.close()
 
     app = FastAPI(title=TITLE, version="0.1.0", lifespan=lifespan, responses=ERRORS,
                   description="Cold-start recommendations over one artifacts directory: "
@@ -154,26 +214,37 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
     app.add_middleware(ApiKeyMiddleware, check=state.auth)  # inner: runs after the one below
     app.add_middleware(RequestMiddleware, metrics=state.metrics, routes=app.router.routes)
     _add_routes(app, state)
+    add_event_routes(app, events, lambda: state.engine, state.max_body_bytes)
+    if web:
+        from serve.web import add_web_routes
+
+        add_web_routes(app, lambda: state.engine)
     app.openapi = partial(_openapi, app, state.auth)  # type: ignore[method-assign]
     return app
 
 
 def _add_routes(app: FastAPI, state: ServeState) -> None:
-    @app.post("/recommend", response_model=RecommendResponse, openapi_extra=_json_body("Session"),
+    @app.post("/recommend", response_model=RecommendResponse, openapi_extra=json_body("Session"),
               summary="Recommend items for one session")
     async def recommend(request: Request, k: int | None = Query(None, ge=1),
                         rerank: bool | None = None) -> Response:
         session = parse_one(await read_json(request, state.max_body_bytes), ("body",))
+        state.check_results(k, [session], ("body", "k"))
         engine = state.engine
+
+        def answer() -> tuple[dict, Response]:  # serialised off the event loop too
+            result = engine.recommend(session, k=k, rerank=rerank)
+            return result, JSONResponse(result)
+
         try:
-            result = await state.run(partial(engine.recommend, k=k, rerank=rerank), session)
+            result, response = await state.run(answer)
         except SessionError as err:
             raise _k_error(err, k, [session], engine.n_items, ("body",)) from None
         state.metrics.observe_results("/recommend", [result])
-        return JSONResponse(result)
+        return response
 
     @app.post("/recommend/batch", response_model=BatchResponse,
-              openapi_extra=_json_body("BatchRequest"),
+              openapi_extra=json_body("BatchRequest"),
               summary="Recommend for many sessions in one encode and one index search")
     async def recommend_batch(request: Request, k: int | None = Query(None, ge=1),
                               rerank: bool | None = None) -> Response:
@@ -189,58 +260,21 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
             raise unprocessable(["body", "sessions"], f"expected 1 to {state.max_batch} "
                                 f"sessions per batch, got {len(raw)}; split the batch")
         sessions = [parse_one(obj, ("body", "sessions", i)) for i, obj in enumerate(raw)]
+        state.check_results(k, sessions, ("body", "sessions"))
         engine = state.engine
+
+        def answer() -> tuple[list[dict], Response]:  # serialised off the event loop too
+            results = engine.recommend_many(sessions, k=k, rerank=rerank)
+            return results, JSONResponse({"results": results})
+
         try:
-            results = await state.run(partial(engine.recommend_many, k=k, rerank=rerank),
-                                      sessions)
+            results, response = await state.run(answer)
         except SessionError as err:
             raise _k_error(err, k, sessions, engine.n_items, ("body", "sessions")) from None
         state.metrics.observe_results("/recommend/batch", results)
-        return JSONResponse({"results": results})
+        return response
 
-    @app.post("/items", response_model=ItemsAdded, status_code=201,
-              openapi_extra=_json_body("ItemIn", "ItemsIn"),
-              responses={409: {"model": ErrorResponse, "description": "item id exists"}},
-              summary="Add catalogue items live (persisted)")
-    async def add_items(request: Request, upsert: bool = False) -> Response:
-        body = await read_json(request, state.max_body_bytes)
-        items, base = items_of(body, state.max_items)
-        engine = state.engine
-
-        def write() -> dict[str, Any]:
-            with state.write_lock:
-                present = [i["item_id"] for i in items
-                           if isinstance(i.get("item_id"), str) and i["item_id"] in engine.index]
-                if present and not upsert:
-                    raise HTTPException(409, f"item id(s) already in the catalogue: "
-                                        f"{present[:5]}; delete them first or POST with "
-                                        "?upsert=true to replace their fields")
-                added = engine.add_items(items, upsert=upsert)
-                engine.save()
-                return {"added": added, "items": engine.n_items}
-
-        try:
-            result = await anyio.to_thread.run_sync(write)
-        except CatalogueError as err:
-            raise unprocessable(list(base), str(err)) from None
-        return JSONResponse(result, status_code=201)
-
-    @app.delete("/items/{item_id}", response_model=ItemRemoved,
-                responses={404: {"model": ErrorResponse, "description": "no such item"}},
-                summary="Remove a catalogue item live (persisted)")
-    async def remove_item(item_id: str) -> Response:
-        engine = state.engine
-
-        def write() -> dict[str, Any]:
-            with state.write_lock:
-                engine.remove_items([item_id])
-                engine.save()
-                return {"removed": item_id, "items": engine.n_items}
-
-        try:
-            return JSONResponse(await anyio.to_thread.run_sync(write))
-        except CatalogueError as err:
-            raise HTTPException(404, str(err)) from None
+    add_item_routes(app, state)
 
     @app.get("/healthz", response_model=HealthResponse, summary="Liveness; no API key needed")
     async def healthz() -> Response:

@@ -1,5 +1,9 @@
-"""Optional API-key auth: header ``X-API-Key``; keys from ``FIRSTCLICK_API_KEYS`` (comma-separated)
-or a file (one key per line, ``#`` comments and blank lines skipped).
+"""API-key auth: header ``X-API-Key``; keys from ``FIRSTCLICK_API_KEYS`` (comma-separated) or a
+file (one key per line, ``#`` comments and blank lines skipped).
+
+Auth is never turned off by accident: a variable or file that is set but holds no usable key
+(``'#secret'``, ``' '``, ``','``) refuses to start; running without keys is an explicit
+choice (``python -m serve --no-auth``, or ``create_app(api_keys=set())``), logged as a warning.
 
 A presented key is compared with every configured key by ``hmac.compare_digest``, all of them
 every time, so neither the answer's body nor its timing says whether a key exists or how much
@@ -19,7 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 API_KEY_HEADER = "X-API-Key"
 API_KEYS_ENV = "FIRSTCLICK_API_KEYS"
 UNAUTHORIZED_DETAIL = "missing or invalid API key"
-OPEN_PATHS: frozenset[str] = frozenset({"/healthz"})
+OPEN_PATHS: frozenset[str] = frozenset({"/healthz", "/"})
+# the web page's own files, examples and benchmark reports: public, they hold no shop data
+OPEN_PREFIXES: tuple[str, ...] = ("/ui/",)
 
 
 class AuthConfigError(ValueError):
@@ -40,9 +46,19 @@ def _clean_keys(raw: Iterable[str], source: str) -> set[str]:
 
 
 def keys_from_env(environ: Mapping[str, str] | None = None) -> set[str]:
-    """Keys in ``FIRSTCLICK_API_KEYS`` (comma-separated); empty when unset."""
-    value = (os.environ if environ is None else environ).get(API_KEYS_ENV, "")
-    return _clean_keys(value.split(","), API_KEYS_ENV)
+    """Keys in ``FIRSTCLICK_API_KEYS`` (comma-separated); empty when unset. Set but holding no
+    usable key (only blanks, commas or ``#`` comments) raises AuthConfigError: an operator who
+    set it meant auth to be on."""
+    environ = os.environ if environ is None else environ
+    if API_KEYS_ENV not in environ:
+        return set()
+    value = environ[API_KEYS_ENV]
+    keys = _clean_keys(value.split(","), API_KEYS_ENV)
+    if not keys:
+        raise AuthConfigError(f"{API_KEYS_ENV} is set but holds no usable key (got "
+                              f"{value[:20]!r}); set comma-separated keys, or unset it and "
+                              "pass --no-auth to serve without auth")
+    return keys
 
 
 def keys_from_file(path: str | Path) -> set[str]:
@@ -69,7 +85,7 @@ class ApiKeyCheck:
         return bool(self._keys)
 
     def required_for(self, path: str) -> bool:
-        return self.enabled and path not in OPEN_PATHS
+        return self.enabled and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 
     def allows(self, presented: bytes | None) -> bool:
         """True when ``presented`` equals one of the keys; compares against all of them."""
@@ -87,9 +103,10 @@ class ApiKeyCheck:
 
 
 class ApiKeyMiddleware:
-    """ASGI middleware: with keys configured, every path but /healthz needs a valid key; the
-    401 body is the same for a missing and a wrong key. Before routing, so an unauthenticated
-    client learns nothing about which paths exist."""
+    """ASGI middleware: with keys configured, every path but /healthz and the page's files
+    (OPEN_PATHS, OPEN_PREFIXES) needs a valid key; the 401 body is the same for a missing and a
+    wrong key. Before routing, so an unauthenticated client learns nothing about which paths
+    exist."""
 
     def __init__(self, app: ASGIApp, check: ApiKeyCheck) -> None:
         self.app = app

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("encode", "search", "rerank", "total")
+STAGES: tuple[str, ...] = ("encode", "search", "rank", "rerank", "total")
 # seconds: 0.5 ms .. 10 s, dense where a CPU request lands (tens of ms)
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -75,14 +75,12 @@ class ServeMetrics:
         self.request_seconds.labels(route, method).observe(seconds)
 
     def observe_results(self, route: str, results: Sequence[dict[str, Any]]) -> None:
-        """Stage times of one engine call: a batch shares one encode and one search, so those
-        are observed once, its rerank times summed and its total taken as the longest."""
+        """Stage times of one engine call: each result carries its own share of the batch's
+        stages, so the call's time per stage is their sum."""
         if not results:
             return
         timings = [r["timings_ms"] for r in results]
-        stage_ms = {"encode": timings[0]["encode"], "search": timings[0]["search"],
-                    "rerank": sum(t["rerank"] for t in timings),
-                    "total": max(t["total"] for t in timings)}
+        stage_ms = {stage: sum(t.get(stage, 0.0) for t in timings) for stage in STAGES}
         for stage in STAGES:
             self.stage_seconds.labels(route, stage).observe(stage_ms[stage] / 1000.0)
         for result in results:
@@ -108,8 +106,9 @@ def route_label(scope: Scope, routes: Sequence[BaseRoute]) -> str:
 
 class RequestMiddleware:
     """Outermost ASGI middleware: a request id per request (``X-Request-ID``, kept when the
-    client sent a sane one), count and latency per route, and any exception that escaped the
-    app turned into a 500 JSON body naming the request id (logged with its traceback)."""
+    client sent a sane one), count and latency per route, an access log line (debug level; route
+    template only), and any exception that escaped the app turned into a 500 JSON body naming
+    the request id (logged with its traceback)."""
 
     def __init__(self, app: ASGIApp, metrics: ServeMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
@@ -139,8 +138,9 @@ class RequestMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("request %s %s %s failed", request_id, scope["method"], scope["path"])
+        except Exception:  # the route template, never the raw path (it may hold a user id)
+            log.exception("request %s %s %s failed", request_id, scope["method"],
+                          route_label(scope, self.routes))
             status = 500
             if not started:
                 response = JSONResponse(
@@ -149,5 +149,9 @@ class RequestMiddleware:
                 await response(scope, receive, send)
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.observe_request(route_label(scope, self.routes), scope["method"], status,
-                                         time.perf_counter() - start)
+            route, seconds = route_label(scope, self.routes), time.perf_counter() - start
+            self.metrics.observe_request(route, scope["method"], status, seconds)
+            # the access log: route template, status, time; no path values, query strings or
+            # bodies (they may hold user ids, search words, session contents)
+            log.debug("%s %s %d %.1f ms id=%s", scope["method"], route, status, seconds * 1e3,
+                      request_id)

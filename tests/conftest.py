@@ -9,6 +9,7 @@ import pytest
 # ---- towers: tiny random BERT (owner: towers/ + tests/test_towers.py) -------------------------
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # as the CLIs run (quiet_libraries)
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,7 @@ def tiny_bert_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 from pathlib import Path  # noqa: E402 - kept inside this block
 
 TINY_RUN = "tiny"
+TINY_RUN_ID = "20250101T000000Z-tiny0001"
 TINY_MAX_SEQ_LEN = 8
 
 
@@ -36,6 +38,7 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
     import torch
 
     from engine.artifacts import ArtifactPaths, item_segments, save_catalogue
+    from engine.state import run_stamp
     from recdata import catalogue_texts, load_dataset, split_dataset
     from rerank import Reranker
     from towers import ItemTower, TwoTowerModel, UserTower, save_towers
@@ -51,9 +54,10 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
         user_tower = UserTower(item_tower.dim, max_seq_len=TINY_MAX_SEQ_LEN, dropout=0.0)
     model = TwoTowerModel(item_tower, user_tower, catalogue["item_id"].tolist())
     paths = ArtifactPaths(root)
-    save_towers(model, paths.towers)
+    save_towers(model, paths.towers,
+                extra_meta={"run_id": TINY_RUN_ID, "split_fingerprint": split.fingerprint})
     save_catalogue(root, catalogue, texts, split.item_popularity, item_segments(split))
-    Reranker(tiny_bert_path, max_length=32).save(paths.reranker)
+    Reranker(tiny_bert_path, max_length=32).save(paths.reranker, stamp=run_stamp(paths))
     paths.config.write_text(f"run_name: {TINY_RUN}\nrerank:\n  mode: auto\n  top_n: 10\n"
                             "  cold_max_events: 3\n  blend_alpha: 0.5\n"
                             "  rerank_segments: [long_tail, new]\n  standardize: zscore\n")
@@ -80,6 +84,38 @@ def artifacts_copy(tiny_artifacts: Path, tmp_path: Path) -> Path:
     target = tmp_path / "artifacts" / TINY_RUN
     shutil.copytree(tiny_artifacts, target)
     return target
+
+
+def _tiny_split():
+    from recdata import load_dataset, split_dataset
+
+    return split_dataset(load_dataset("synthetic", n_items=120, n_users=60, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_split():
+    """The split the tiny artifacts were made from."""
+    return _tiny_split()
+
+
+@pytest.fixture(scope="session")
+def tiny_ranked_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_artifacts: Path
+                          ) -> Path:
+    """``tiny_artifacts`` plus a ranker trained by the ranker stage (a few LightGBM rounds).
+    Read-only."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from pipeline.ranker_stage import train_ranker_for_run
+
+    root = tmp_path_factory.mktemp("ranked") / TINY_RUN
+    shutil.copytree(tiny_artifacts, root)
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent / "conf"
+                                                / "ranking" / "default.yaml"))
+    cfg["lightgbm"].update(num_boost_round=15, min_data_in_leaf=5)
+    train_ranker_for_run(root, _tiny_split(), cfg, seed=0)
+    return root
 
 
 # ---- end artifacts ------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def test_upsert_and_remove(artifacts_copy: Path, tmp_path: Path) -> None:
     (lambda d: ["add=" + str(write_items(d / "dup.jsonl", [{"item_id": "I00001", "title": "x"}]))],
      "already in the catalogue"),
     (lambda d: ["add=" + str(write_items(d / "no_title.jsonl", [{"item_id": "Z1", "title": ""}]))],
-     "column 'title' is empty"),
+     '"title" must be a non-empty string'),
     (lambda d: ["add=" + str(write_items(d / "twice.jsonl", [NEW_ITEMS[0], NEW_ITEMS[0]]))],
      "duplicate ids"),
     (lambda d: ["add=" + str(d / "missing.jsonl")], "no such file"),

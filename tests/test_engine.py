@@ -31,7 +31,7 @@ from engine import (
 from engine.explain import closest_events, event_reason
 
 ITEM_KEYS = {"rank", "item_id", "title", "score", "retrieval_score", "rerank_score",
-             "item_segment", "because"}
+             "item_segment", "because", "signal", "sources"}
 RESULT_KEYS = {"user_id", "segment", "reranked", "items", "timings_ms", "warnings"}
 
 
@@ -40,7 +40,8 @@ def check_result(result: dict, k: int) -> None:
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert result["segment"] in ("new_user", "cold_user", "warm_user")
     assert isinstance(result["reranked"], bool)
-    assert set(result["timings_ms"]) == {"encode", "search", "rerank", "total"}
+    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total",
+                                          "batch_size"}
     assert all(v >= 0 for v in result["timings_ms"].values())
     assert [item["rank"] for item in result["items"]] == list(range(1, k + 1))
     for item in result["items"]:
@@ -94,8 +95,8 @@ def test_parse_session_reads_every_event_kind() -> None:
     ({"events": [{"type": "click"}]}, "needs exactly one of \"item_id\""),
     ({"events": [{"type": "click", "item_id": "I1", "item": {"title": "x"}}]}, "exactly one"),
     ({"events": [{"type": "click", "item_id": 42}]}, "\"item_id\" must be a non-empty string"),
-    ({"events": [{"type": "click", "item": {"title": ""}}]}, "non-empty string \"title\""),
-    ({"events": [{"type": "click", "item": {"brand": "Acme"}}]}, "non-empty string \"title\""),
+    ({"events": [{"type": "click", "item": {"title": ""}}]}, "\"title\" must be a non-empty"),
+    ({"events": [{"type": "click", "item": {"brand": "Acme"}}]}, "\"title\" must be a non-empty"),
     ({"events": [{"type": "click", "item": "Acme scope"}]}, "\"item\" must be an object"),
     ({"events": [{"type": "click", "item": {"title": "x", "price": 3}}]}, "unknown key(s)"),
     ({"events": [{"type": "click", "item": {"title": "x", "category": 3}}]}, "\"category\""),
@@ -164,7 +165,9 @@ def test_save_catalogue_round_trips_and_validates(tmp_path: Path) -> None:
     assert loaded["category"].tolist() == ["Lab > Optics", "Home > Kitchen", None]
     assert loaded["brand"].tolist() == ["Acme", None, None]
     assert loaded["created_ts"].isna().tolist() == [False, True, False]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "state"]  # no temp left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["catalogue.parquet",
+                                                             "generation.json"]
     with pytest.raises(ArtifactsError, match="segments must be drawn from"):
         save_catalogue(tmp_path, catalogue, ["A.", "B.", "C."], popularity, ["head"] * 2 + ["x"])
     with pytest.raises(ArtifactsError, match="one entry per catalogue row"):
@@ -307,7 +310,7 @@ def test_missing_reranker_means_not_reranked_with_a_warning(artifacts_copy: Path
 
 
 def test_index_from_other_towers_is_refused(artifacts_copy: Path) -> None:
-    manifest_file = artifacts_copy / "index" / "manifest.json"
+    manifest_file = ArtifactPaths(artifacts_copy).index / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
     manifest["model_fingerprint"] = "0" * 64
     manifest_file.write_text(json.dumps(manifest))
@@ -340,7 +343,7 @@ def test_live_add_remove_and_save(artifacts_copy: Path, ids: dict) -> None:
         rec.add_items([new])
     rec.add_items([{**new, "title": "Acme usb microscope lamp v2"}], upsert=True)
     assert rec.catalogue.set_index("item_id").loc["NEW-1", "title"] == "Acme usb microscope lamp v2"
-    with pytest.raises(CatalogueError, match="non-empty title"):
+    with pytest.raises(CatalogueError, match="\"title\" must be a non-empty string"):
         rec.add_items([{"item_id": "NEW-2", "title": " "}])
     with pytest.raises(CatalogueError, match="not in the catalogue"):
         rec.remove_items([ids["head"][0], "NOPE"])

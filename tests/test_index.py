@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import index.manifest as disk
+import storage.atomic as atomic
 from index import (
     CatalogueIndex,
     IndexCorruptError,
@@ -268,7 +269,7 @@ def test_failed_swap_restores_old_index(data: dict, built: dict, tmp_path: Path,
     path = built["flat"].save(tmp_path / "index")
     old_ids = built["flat"].search(data["query_emb"], K)[1]
     newer = CatalogueIndex.build(data["item_emb"][:50], list(data["item_ids"][:50]), "flat")
-    real_rename, calls = disk.os.rename, []
+    real_rename, calls = atomic.os.rename, []
 
     def crash_on_second_rename(src: Path, dst: Path) -> None:
         calls.append(Path(dst).name)
@@ -276,10 +277,11 @@ def test_failed_swap_restores_old_index(data: dict, built: dict, tmp_path: Path,
             raise OSError("power cut")
         real_rename(src, dst)
 
-    monkeypatch.setattr(disk.os, "rename", crash_on_second_rename)
+    monkeypatch.setattr(atomic, "_exchange_works", False)  # the two-rename fallback
+    monkeypatch.setattr(atomic.os, "rename", crash_on_second_rename)
     with pytest.raises(OSError, match="power cut"):
         newer.save(path)
-    monkeypatch.setattr(disk.os, "rename", real_rename)
+    monkeypatch.setattr(atomic.os, "rename", real_rename)
     _assert_old_index_intact(path, old_ids, data)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import query
-from engine import load_catalogue, parse_sessions_text
+from engine import ArtifactPaths, load_catalogue, parse_sessions_text
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -54,7 +54,8 @@ def run_query(argv: list[str], capsys: pytest.CaptureFixture, stdin: str = "") -
 def check_output(result: dict, k: int) -> None:
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert [item["rank"] for item in result["items"]] == list(range(1, k + 1))
-    assert set(result["timings_ms"]) == {"encode", "search", "rerank", "total"}
+    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total",
+                                          "batch_size"}
 
 
 @pytest.mark.parametrize("name", ["new_user", "cold_user", "warm_user"])
@@ -123,7 +124,7 @@ def test_empty_session_gets_the_fallback(tiny_artifacts: Path, capsys: pytest.Ca
     ('{"events": [], "k": 0}', [], "\"k\" must be an integer >= 1"),
     ('{"events": [], "k": 100000}', [], "is larger than the catalogue"),
     ('{"events": []}', ["--k", "100000"], "is larger than the catalogue"),
-    ('{"events": [{"type": "click", "item": {"title": ""}}]}', [], "non-empty string \"title\""),
+    ('{"events": [{"type": "click", "item": {"title": ""}}]}', [], "\"title\" must be a non-empty"),
 ])
 def test_bad_session_input_exits_2_with_one_line(content: str | None, extra: list[str],
                                                   fragment: str, tiny_artifacts: Path,
@@ -154,7 +155,8 @@ def test_missing_and_mismatched_artifacts(artifacts_copy: Path, tmp_path: Path,
     code, out, err = run_query(["--session", str(session_file), "--artifacts",
                                 str(tmp_path / "none")], capsys)
     assert (code, out) == (2, "") and "no artifacts directory" in err and "train.py" in err
-    manifest_file = artifacts_copy / "index" / "manifest.json"
+    paths = ArtifactPaths(artifacts_copy)
+    manifest_file = paths.index / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
     manifest["model_fingerprint"] = "f" * 64
     manifest_file.write_text(json.dumps(manifest))
@@ -165,7 +167,7 @@ def test_missing_and_mismatched_artifacts(artifacts_copy: Path, tmp_path: Path,
     for part in ("index", "towers"):
         import shutil
 
-        shutil.rmtree(artifacts_copy / part)
+        shutil.rmtree(getattr(paths, part))
         code, out, err = run_query(["--session", str(session_file), "--artifacts",
                                     str(artifacts_copy)], capsys)
         assert (code, out) == (2, "") and f"{part} is missing" in err

@@ -201,6 +201,25 @@ def test_new_item_holdout_invariants(tmp_path: Path) -> None:
     assert split_dataset(data, new_item_share=0.2, seed=2).new_items != split.new_items
 
 
+def test_ranker_items_stay_out_of_the_towers_training_only() -> None:
+    data = load_dataset("synthetic", n_items=300, n_users=200, seed=3)
+    split = split_dataset(data, new_item_share=0.1, ranker_item_share=0.1, seed=1)
+    assert len(split.ranker_items) == 30 and not (split.ranker_items & split.new_items)
+    # the new items are the same as without a ranker share (drawn first)
+    assert split.new_items == split_dataset(data, new_item_share=0.1, seed=1).new_items
+    train_items = {i for h in split.train["hist_items"] for i in h} | set(split.train["target"])
+    assert not (train_items & split.ranker_items)
+    assert not (set(split.train_events["item_id"].dropna()) & split.ranker_items)
+    assert (split.item_popularity.reindex(list(split.ranker_items)) == 0).all()
+    assert split.valid["target"].isin(split.ranker_items).any()  # validation keeps them
+    rows = split.ranker_train
+    assert len(rows) > 0 and rows["target"].isin(split.ranker_items).all()
+    assert not ({i for h in rows["hist_items"] for i in h} & split.new_items)
+    assert set(rows["target_segment"]) == {"unseen"}
+    assert split.fingerprint != split_dataset(data, new_item_share=0.1, seed=1).fingerprint
+    _invariants(split)
+
+
 @needs_amazon
 def test_amazon_scientific_reproduces_the_unisrec_split() -> None:
     data = load_dataset("amazon_unisrec", root=str(AMAZON))

@@ -18,12 +18,14 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from recdata.schema import DataError
 from rerank import (
+    InGroupSoftmaxLoss,
     Reranker,
     RerankError,
     RerankPolicy,
     build_groups,
-    build_pairs,
+    build_train_groups,
     evaluate_groups,
+    mine_negatives,
     rank_metrics,
     session_context_text,
     standardize_scores,
@@ -58,26 +60,28 @@ def spread_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_tiny_cross_encoder(tmp_path_factory.mktemp("spread"), initializer_range=0.2)
 
 
-def _easy_task(n: int, seed: int) -> tuple[list[tuple[str, str, float]], list]:
-    """Context words come from w0-w39; the positive repeats them, negatives use w40-w79 only."""
+def _easy_task(n: int, seed: int) -> tuple[list[tuple[str, list[str]]], list]:
+    """Context words come from w0-w39; the positive repeats them, negatives use w40-w79 only.
+    Returns training groups (context, [positive, negatives]) and validation groups
+    (context, candidates, index of the positive)."""
     rng = random.Random(seed)
-    pairs, groups = [], []
+    train, groups = [], []
     for _ in range(n):
         context_words = rng.sample(WORDS[:40], 3)
         context = "search: " + " ".join(context_words)
         positive = " ".join(rng.sample(context_words, 3))
         negatives = [" ".join(rng.sample(WORDS[40:], 3)) for _ in range(3)]
-        pairs += [(context, positive, 1.0), (context, negatives[0], 0.0)]
+        train.append((context, [positive, *negatives]))
         groups.append((context, negatives + [positive], 3))
-    return pairs, groups
+    return train, groups
 
 
 @pytest.fixture(scope="module")
 def trained_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny reranker after 30 steps on the easy task, saved."""
     reranker = Reranker(tiny_model_dir, max_length=32)
-    pairs, groups = _easy_task(300, seed=0)
-    train_reranker(reranker, pairs, groups[:10], batch_size=16, lr=1e-2, max_steps=30,
+    train, groups = _easy_task(300, seed=0)
+    train_reranker(reranker, train, groups[:10], groups_per_step=4, lr=1e-2, max_steps=30,
                    show_progress=False)
     path = tmp_path_factory.mktemp("trained") / "reranker"
     reranker.save(path)
@@ -127,36 +131,51 @@ def pair_inputs() -> tuple[pd.DataFrame, list[list[str]], dict[str, str], dict[s
     return examples, candidates, texts, titles
 
 
-def test_pairs_have_one_positive_and_never_the_positive_as_negative(pair_inputs) -> None:
-    examples, candidates, texts, titles = pair_inputs
-    pairs = build_pairs(examples, candidates, texts, titles, n_hard=7, n_random=3, seed=0)
-    assert len(pairs) == 3 * (1 + 7 + 3)
-    for row in range(3):
-        chunk = pairs[row * 11:(row + 1) * 11]
-        target_text = texts[examples["target"][row]]
-        assert chunk[0][1:] == (target_text, 1.0)
-        negatives = [text for _, text, label in chunk[1:]]
-        assert all(label == 0.0 for _, _, label in chunk[1:])
-        assert target_text not in negatives
-        assert len(set(negatives)) == len(negatives)
-        hard_texts = {texts[i] for i in candidates[row]}
-        assert set(negatives[:7]) <= hard_texts  # the hard ones come from the retrieved list
-        assert len({context for context, _, _ in chunk}) == 1
+def _sources(candidates: list[list[str]]) -> dict:
+    """Two candidate sources: the given lists, and the same lists reversed."""
+    return {"given": lambda rows, n: [c[:n] for c in candidates],
+            "reversed": lambda rows, n: [c[::-1][:n] for c in candidates]}
 
 
-def test_pairs_are_deterministic_by_seed(pair_inputs) -> None:
+def test_negatives_are_allowed_items_never_the_target_or_history(pair_inputs) -> None:
     examples, candidates, texts, titles = pair_inputs
-    first = build_pairs(examples, candidates, texts, titles, seed=3)
-    assert first == build_pairs(examples, candidates, texts, titles, seed=3)
-    assert first != build_pairs(examples, candidates, texts, titles, seed=4)
+    allowed = {f"i{k}" for k in range(40)} - {"i8", "i9", "i30", "i31"}  # e.g. held out
+    candidates = [c + ["i1", "i2", "i5", "i8", "i9"] for c in candidates]  # history, target, banned
+    negatives = mine_negatives(examples, _sources(candidates), allowed, n_candidates=20,
+                               n_hard=6, n_random=2, seed=0)
+    assert len(negatives) == 3
+    for row, negs in enumerate(negatives):
+        blocked = {examples["target"][row]} | set(i for i in examples["hist_items"][row] if i)
+        assert set(negs) <= allowed and not set(negs) & blocked
+        assert len(set(negs)) == len(negs) == 8
+        assert set(negs[:6]) <= set(candidates[row])  # the hard ones come from the sources
+    groups = build_train_groups(examples, negatives, texts, titles)
+    assert [g[1][0] for g in groups] == [texts[t] for t in examples["target"]]  # positive first
+    assert all(len(g[1]) == 9 for g in groups)
+
+
+def test_negatives_split_over_sources_and_are_deterministic(pair_inputs) -> None:
+    examples, candidates, _, _ = pair_inputs
+    allowed = {f"i{k}" for k in range(40)}
+    only_first = {"a": lambda rows, n: [["i20", "i21", "i22"]] * len(rows),
+                  "b": lambda rows, n: [["i33", "i34", "i35"]] * len(rows)}
+    negs = mine_negatives(examples, only_first, allowed, n_hard=4, n_random=0, seed=1)
+    for row in negs:  # 2 from each source
+        assert len(set(row) & {"i20", "i21", "i22"}) == 2
+        assert len(set(row) & {"i33", "i34", "i35"}) == 2
+    first = mine_negatives(examples, _sources(candidates), allowed, seed=3)
+    assert first == mine_negatives(examples, _sources(candidates), allowed, seed=3)
+    assert first != mine_negatives(examples, _sources(candidates), allowed, seed=4)
+    with pytest.raises(RerankError, match="one per row"):
+        mine_negatives(examples, {"bad": lambda rows, n: [["i1"]]}, allowed)
 
 
 def test_pairs_and_groups_reject_unknown_ids(pair_inputs) -> None:
     examples, candidates, texts, titles = pair_inputs
     with pytest.raises(DataError, match="no text in item_texts"):
-        build_pairs(examples, [candidates[0] + ["nope"]] + candidates[1:], texts, titles)
-    with pytest.raises(DataError, match="one retrieved list per example"):
-        build_pairs(examples, candidates[:2], texts, titles)
+        build_groups(examples, [candidates[0] + ["nope"]] + candidates[1:], texts, titles)
+    with pytest.raises(DataError, match="one item list per example"):
+        build_train_groups(examples, candidates[:2], texts, titles)
     groups = build_groups(examples, candidates, texts, titles)
     assert [g[2] for g in groups] == [0, 15, -1]  # i5 first, i6 appended last, i7 missed
     assert groups[1][0] == "view: title i3 | search: w1 w2"
@@ -260,11 +279,17 @@ def test_truncated_layers_reduce_the_layer_count(tiny_model_dir: Path, tmp_path:
         Reranker(tiny_model_dir, num_layers=3)
 
 
+def test_in_group_softmax_loss_hand_case() -> None:
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, float("-inf")]])  # 2nd group: 1 negative
+    expected = (-np.log(np.exp(2) / (np.exp(2) + 2)) - np.log(1 / (1 + np.e))) / 2
+    assert float(InGroupSoftmaxLoss()(logits)) == pytest.approx(expected, rel=1e-6)
+
+
 def test_training_loss_falls_on_an_easy_task(tiny_model_dir: Path) -> None:
     reranker = Reranker(tiny_model_dir, max_length=32)
-    pairs, _ = _easy_task(300, seed=0)
+    train, _ = _easy_task(300, seed=0)
     _, groups = _easy_task(30, seed=1)
-    metrics = train_reranker(reranker, pairs, groups, batch_size=16, lr=1e-2, max_steps=30,
+    metrics = train_reranker(reranker, train, groups, groups_per_step=4, lr=1e-2, max_steps=30,
                              show_progress=False)
     losses = metrics["loss_history"]
     assert metrics["steps"] == len(losses) == 30
@@ -272,6 +297,16 @@ def test_training_loss_falls_on_an_easy_task(tiny_model_dir: Path) -> None:
     assert metrics["valid_after"]["ndcg@10"] > metrics["valid_before"]["ndcg@10"]
     assert metrics["valid_after"]["mrr"] > 0.9
     assert not reranker.model.training
+
+
+def test_training_stops_at_the_time_budget(tiny_model_dir: Path) -> None:
+    reranker = Reranker(tiny_model_dir, max_length=32)
+    train, _ = _easy_task(40, seed=0)
+    metrics = train_reranker(reranker, train, groups_per_step=4, budget_cpu_seconds=1e-9,
+                             show_progress=False)
+    assert metrics["steps"] == 1 and metrics["groups_seen"] == 4  # one step, then out of time
+    full = train_reranker(reranker, train, groups_per_step=4, show_progress=False)
+    assert full["steps"] == 10
 
 
 def test_save_load_gives_the_same_scores(trained_dir: Path) -> None:
@@ -287,26 +322,127 @@ def test_save_load_gives_the_same_scores(trained_dir: Path) -> None:
         Reranker.load(trained_dir / "model")
 
 
-def test_int8_scores_keep_shape_and_rank_order(spread_model_dir: Path, tmp_path: Path) -> None:
+def _random_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [(" ".join(rng.sample(WORDS, rng.randint(1, 12))),
+             " ".join(rng.sample(WORDS, rng.randint(1, 30)))) for _ in range(n)]
+
+
+def test_cached_pair_encoding_equals_the_tokenizer(tiny_model_dir: Path) -> None:
+    reranker = Reranker(tiny_model_dir, max_length=16)
+    pairs = _random_pairs(30)
+    contexts, texts = [c for c, _ in pairs], [t for _, t in pairs]
+    expected = reranker.tokenizer(contexts, texts, padding=True, truncation="longest_first",
+                                  max_length=16, return_tensors="np")
+    for _ in range(2):  # the second pass reads the item cache
+        got = reranker.encoder.encode(contexts, texts)
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            np.testing.assert_array_equal(got[key], expected[key])
+    assert len(reranker.encoder._cache) == len(set(texts))
+    lengths = reranker.encoder.pair_lengths(contexts[0], texts[:3])
+    assert lengths.tolist() == [len(contexts[0].split()) + len(t.split()) + 3 for t in texts[:3]]
+
+
+def test_torch_int8_scores_keep_shape_and_rank_order(spread_model_dir: Path,
+                                                      tmp_path: Path) -> None:
     fp32 = Reranker(spread_model_dir)
-    int8 = Reranker(spread_model_dir, quantize_int8=True)
-    rng = random.Random(0)
-    pairs = [(" ".join(rng.sample(WORDS, 4)), " ".join(rng.sample(WORDS, 4))) for _ in range(40)]
+    int8 = Reranker(spread_model_dir, quantize="int8")
+    pairs = _random_pairs(40)
     fp32_scores, int8_scores = fp32.score_many(pairs), int8.score_many(pairs)
-    assert int8_scores.shape == fp32_scores.shape == (40,)
+    assert int8_scores.shape == fp32_scores.shape == (40,) and int8.engine == "torch-int8"
     assert not np.array_equal(int8_scores, fp32_scores)  # it really ran quantised
     ranks = [np.argsort(np.argsort(s)) for s in (fp32_scores, int8_scores)]
     assert np.corrcoef(*ranks)[0, 1] > 0.9  # Spearman
     int8.save(tmp_path / "int8")  # the option is recorded and re-applied at load
     reloaded = Reranker.load(tmp_path / "int8")
-    assert reloaded.quantize_int8
+    assert reloaded.quantize == "int8"
     np.testing.assert_allclose(reloaded.score_many(pairs), int8_scores, atol=1e-5)
 
 
+def test_onnx_export_matches_torch_and_int8_keeps_the_order(spread_model_dir: Path,
+                                                            tmp_path: Path) -> None:
+    pairs = _random_pairs(40, seed=1)
+    torch_scores = Reranker(spread_model_dir).score_many(pairs)
+    Reranker(spread_model_dir, backend="onnx", quantize="int8").save(tmp_path / "onnx")
+    files = sorted(p.name for p in (tmp_path / "onnx" / "model" / "onnx").glob("*.onnx"))
+    assert files[0] == "model.onnx" and files[1].startswith("model_qint8_")
+    fp32 = Reranker.load(tmp_path / "onnx", quantize="none")
+    int8 = Reranker.load(tmp_path / "onnx")
+    assert (fp32.engine, int8.engine) == ("onnx", "onnx-int8")
+    np.testing.assert_allclose(fp32.score_many(pairs), torch_scores, atol=1e-4)
+    int8_scores = int8.score_many(pairs)
+    assert not np.allclose(int8_scores, torch_scores, atol=1e-6)  # really the int8 graph
+    ranks = [np.argsort(np.argsort(s)) for s in (torch_scores, int8_scores)]
+    assert np.corrcoef(*ranks)[0, 1] > 0.9
+    assert Reranker.load(tmp_path / "onnx", backend="torch").engine == "torch-int8"
+    Reranker(spread_model_dir).save(tmp_path / "torch_only")
+    with pytest.raises(RerankError, match="no ONNX export"):
+        Reranker.load(tmp_path / "torch_only", backend="onnx")
+
+
 def test_int8_trained_reranker_still_puts_the_positive_first(trained_dir: Path) -> None:
-    int8 = Reranker.load(trained_dir, quantize_int8=True)
+    int8 = Reranker.load(trained_dir, quantize="int8")
     _, groups = _easy_task(10, seed=3)
     assert evaluate_groups(int8, groups)["mrr"] == 1.0
+
+
+def test_score_groups_equals_one_session_at_a_time(trained_dir: Path) -> None:
+    reranker = Reranker.load(trained_dir)
+    _, groups = _easy_task(6, seed=4)
+    batched = reranker.score_groups([(c, t) for c, t, _ in groups])
+    for (context, texts, _), scores in zip(groups, batched):
+        np.testing.assert_allclose(scores, reranker.score(context, texts), atol=1e-5)
+
+
+# --- policy rules and the validation decision ----------------------------------------------
+
+def test_policy_rules_switch_user_groups_and_set_their_blend() -> None:
+    rules = {"cold": {"enabled": True, "blend_alpha": 0.3,
+                      "rerank_segments": ["head", "long_tail", "new"]},
+             "warm": {"enabled": False, "blend_alpha": 0.7, "rerank_segments": ["new"]}}
+    policy = RerankPolicy(top_n=4, rules=rules)
+    assert policy.select(1, SEGMENTS).tolist() == [True] * 4 + [False] * 2
+    assert not policy.select(10, SEGMENTS).any()  # warm switched off
+    assert policy.alpha_for(1) == 0.3 and policy.alpha_for(None) == policy.blend_alpha
+    warm_new = RerankPolicy(rules={"warm": {"enabled": True, "rerank_segments": ["new"]}})
+    assert warm_new.select(10, SEGMENTS).tolist() == [False, False, False, True, False, False]
+    with pytest.raises(RerankError, match="rules"):
+        RerankPolicy(rules={"lukewarm": {}})
+
+
+def _eval_rows(n: int, good_for: str, seed: int = 0):
+    """Rows whose reranker puts the positive first for ``good_for`` users and last otherwise."""
+    from rerank.evaluate import EvalRows
+
+    rng = np.random.default_rng(seed)
+    rows = EvalRows()
+    for i in range(n):
+        group = "cold" if i % 2 else "warm"
+        pos = int(rng.integers(1, 10)) if i % 5 else -1
+        rerank = -np.arange(10, dtype=float) if pos >= 0 else None
+        if rerank is not None:
+            rerank[pos] = 100.0 if group == good_for else -100.0
+        rows.retrieval.append(-np.arange(10, dtype=float))
+        rows.rerank.append(rerank)
+        rows.segments.append(["head"] * 5 + ["long_tail"] * 5)
+        rows.positive.append(pos)
+        rows.user_group.append(group)
+        rows.target_segment.append("head" if pos < 5 else "long_tail")
+    return rows
+
+
+def test_decision_switches_on_only_the_group_where_the_reranker_helps() -> None:
+    from rerank.evaluate import decide_rules, lift, segment_report
+
+    decision = decide_rules(_eval_rows(200, good_for="cold"), n_boot=200)
+    assert decision["rules"]["cold"]["enabled"] and not decision["rules"]["warm"]["enabled"]
+    cold = decision["evidence"]["cold"]["all"]
+    assert cold["delta_ci"][0] > 0 and cold["rel_lift"] > 0
+    assert decision["evidence"]["warm"]["all"]["delta_ci"][1] < 0
+    report = segment_report(_eval_rows(200, good_for="cold"), decision["rules"], n_boot=50)
+    assert report["warm/all"]["policy"]["delta"] == 0.0  # switched off: the towers' order
+    same = lift(np.ones(10) * 0.5, np.ones(10) * 0.5, n_boot=50)
+    assert same["delta"] == 0.0 and same["delta_ci"] == [0.0, 0.0]
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -322,12 +458,12 @@ def test_configs_compose_and_feed_the_library(choice: str, tiny_model_dir: Path)
                           blend_alpha=cfg.blend_alpha, rerank_segments=list(cfg.rerank_segments),
                           standardize=cfg.standardize)
     assert policy.top_n == 20
-    for key in ("n_hard", "n_random", "epochs", "batch_size", "lr", "warmup_ratio", "max_steps"):
+    for key in ("n_hard", "n_random", "neg_sources", "epochs", "groups_per_step", "lr",
+                "warmup_ratio", "max_steps", "budget_cpu_seconds"):
         assert key in cfg
-    if choice == "fast":
-        assert (cfg.max_length, cfg.num_layers, cfg.quantize_int8) == (48, 3, True)
-        reranker = Reranker(tiny_model_dir, max_length=cfg.max_length, num_layers=2,
-                            quantize_int8=cfg.quantize_int8)
-        assert reranker.score("search: w1", ["w1", "w2"]).shape == (2,)
-    else:
-        assert (cfg.max_length, cfg.num_layers, cfg.quantize_int8) == (64, None, False)
+    assert (cfg.backend, cfg.quantize) == ("onnx", "int8")
+    expected = (48, 3) if choice == "fast" else (64, None)
+    assert (cfg.max_length, cfg.num_layers) == expected
+    reranker = Reranker(tiny_model_dir, max_length=cfg.max_length, num_layers=1,
+                        backend=cfg.backend, quantize=cfg.quantize)
+    assert reranker.score("search: w1", ["w1", "w2"]).shape == (2,)

@@ -22,14 +22,14 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import query
-from engine import Recommender, load_catalogue
+from engine import ArtifactPaths, Recommender, load_catalogue
 from serve.__main__ import main as serve_main
 from serve.app import create_app
 from serve.auth import UNAUTHORIZED_DETAIL, ApiKeyCheck, AuthConfigError, keys_from_file
 from serve.models import error_loc
 
 ITEM_KEYS = {"rank", "item_id", "title", "score", "retrieval_score", "rerank_score",
-             "item_segment", "because"}
+             "item_segment", "because", "signal", "sources"}
 RESULT_KEYS = {"user_id", "segment", "reranked", "items", "timings_ms", "warnings"}
 SEARCH = {"user_id": "u1", "events": [{"type": "search", "query": "usb lamp"}]}
 
@@ -38,7 +38,8 @@ def check_result(result: dict, k: int) -> None:
     """The DESIGN.md output contract."""
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert result["segment"] in ("new_user", "cold_user", "warm_user")
-    assert set(result["timings_ms"]) == {"encode", "search", "rerank", "total"}
+    assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total",
+                                          "batch_size"}
     assert [item["rank"] for item in result["items"]] == list(range(1, k + 1))
     assert all(set(item) == ITEM_KEYS for item in result["items"])
 
@@ -132,7 +133,7 @@ def test_metrics_parse_as_prometheus_text(client: TestClient, item_ids: list[str
     assert requests[("/recommend", "200")] >= 1 and requests[("/recommend", "422")] >= 1
     stages = {s.labels["stage"] for s in families["firstclick_engine_stage_duration_seconds"]
               .samples if s.name.endswith("_count") and s.labels["route"] == "/recommend"}
-    assert stages == {"encode", "search", "rerank", "total"}
+    assert stages == {"encode", "search", "rank", "rerank", "total"}
     assert "firstclick_http_request_duration_seconds" in families
     assert families["firstclick_index_items"].samples[0].value == len(item_ids)
 
@@ -201,8 +202,9 @@ def test_malformed_bodies_get_422(client: TestClient, content: bytes, kind: str,
 
 def test_oversized_bodies_get_413_with_or_without_content_length(client: TestClient) -> None:
     big = json.dumps({"events": [{"type": "search", "query": "x" * (1 << 20)}]}).encode()
-    assert client.post("/recommend", content=big).status_code == 413
-    chunked = client.post("/recommend", content=iter([big[:1000], big[1000:]]))
+    headers = {"content-type": "application/json"}
+    assert client.post("/recommend", content=big, headers=headers).status_code == 413
+    chunked = client.post("/recommend", content=iter([big[:1000], big[1000:]]), headers=headers)
     assert chunked.status_code == 413 and "larger than 1048576 bytes" in chunked.json()["detail"]
 
 
@@ -366,14 +368,15 @@ def run_main(argv: list[str]) -> tuple[int, str]:
 
 
 def test_cli_refuses_missing_or_mismatched_artifacts_in_one_line(
-        tmp_path: Path, artifacts_copy: Path) -> None:
-    status, err = run_main(["--artifacts", str(tmp_path / "nothing")])
+        tmp_path: Path, artifacts_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FIRSTCLICK_API_KEYS", raising=False)
+    status, err = run_main(["--artifacts", str(tmp_path / "nothing"), "--no-auth"])
     assert status == 2 and err.startswith("error: no artifacts directory")
     assert len(err.strip().splitlines()) == 1
-    manifest = artifacts_copy / "index" / "manifest.json"
+    manifest = ArtifactPaths(artifacts_copy).index / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()),
                                     "model_fingerprint": "0" * 16}))
-    status, err = run_main(["--artifacts", str(artifacts_copy)])
+    status, err = run_main(["--artifacts", str(artifacts_copy), "--no-auth"])
     assert status == 2 and "built from other towers" in err
     status, err = run_main(["--artifacts", str(artifacts_copy), "--api-keys-file",
                             str(tmp_path / "no-keys")])
@@ -394,7 +397,8 @@ def test_cli_serves_the_loaded_artifacts(tiny_artifacts: Path, tmp_path: Path,
     keys = tmp_path / "keys"
     keys.write_text("s3cret\n")
     status, _ = run_main(["--artifacts", str(tiny_artifacts), "--port", "8123", "--no-rerank",
-                          "--api-keys-file", str(keys), "--log-level", "error"])
+                          "--api-keys-file", str(keys), "--log-level", "error",
+                          "--no-event-log"])  # tiny_artifacts is shared and read-only
     assert status == 0
     [call] = calls
     assert (call["host"], call["port"], call["workers"]) == ("127.0.0.1", 8123, 1)
@@ -423,7 +427,7 @@ def test_load_test_sessions_mix_new_cold_and_warm_users(item_ids: list[str]) -> 
 def test_load_test_runs_against_a_real_server(tiny_artifacts: Path, tmp_path: Path) -> None:
     from benchmarks import load_test
 
-    before = (tiny_artifacts / "catalogue.parquet").read_bytes()
+    before = ArtifactPaths(tiny_artifacts).catalogue.read_bytes()
     out = tmp_path / "load.json"
     assert load_test.main(["--artifacts", str(tiny_artifacts), "--requests", "24",
                            "--duration", "30", "--concurrency", "1,3", "--adds", "1",
@@ -434,4 +438,4 @@ def test_load_test_runs_against_a_real_server(tiny_artifacts: Path, tmp_path: Pa
         assert (level["requests"], level["errors"], level["adds"]) == (24, 0, 1)
         assert level["delete_errors"] == 0 and level["latency_ms"]["p50"] > 0
     assert result["config"]["host"] == "127.0.0.1" and result["goal"]["zero_errors"]
-    assert (tiny_artifacts / "catalogue.parquet").read_bytes() == before  # served a copy
+    assert ArtifactPaths(tiny_artifacts).catalogue.read_bytes() == before  # served a copy

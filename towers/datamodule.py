@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from recdata.schema import SplitData
 from recdata.text import catalogue_texts
@@ -22,7 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class SessionDataset(Dataset):
-    """Rows of a ``build_tensors`` dict; a batch is the same dict with a leading batch axis."""
+    """Rows of a ``build_tensors`` dict; a batch is the same dict with a leading batch axis.
+
+    ``__getitems__`` (which DataLoader calls when present) indexes every tensor once per batch
+    instead of building one dict per row and stacking them: pass ``collate_fn=collate_batch``.
+    """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
         sizes = {len(t) for t in tensors.values()}
@@ -36,6 +41,16 @@ class SessionDataset(Dataset):
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
         return {name: tensor[row] for name, tensor in self.tensors.items()}
+
+    def __getitems__(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return {name: tensor[index] for name, tensor in self.tensors.items()}
+
+
+def collate_batch(batch: Any) -> Any:
+    """DataLoader ``collate_fn`` for SessionDataset: a batch fetched whole by ``__getitems__``
+    passes through; a list of rows (any other fetch path) is stacked as usual."""
+    return batch if isinstance(batch, Mapping) else default_collate(batch)
 
 
 @dataclass
@@ -135,12 +150,13 @@ class SessionDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(SessionDataset(self.train_tensors), batch_size=self.batch_size,
                           shuffle=True, generator=generator, num_workers=self.num_workers,
-                          drop_last=len(self.train_tensors["row"]) > self.batch_size)
+                          drop_last=len(self.train_tensors["row"]) > self.batch_size,
+                          collate_fn=collate_batch)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(SessionDataset(self.valid.tensors), batch_size=self.eval_batch_size,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, collate_fn=collate_batch)
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(SessionDataset(self.test.tensors), batch_size=self.eval_batch_size,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, collate_fn=collate_batch)

@@ -2,7 +2,7 @@
 
 Frozen-BERT training re-uses the catalogue's vectors across runs: only texts not yet in the cache
 are encoded. One ``.npz`` per model fingerprint holds ``keys`` (sha1 of each text) and
-``vectors`` (float32, L2-normalised); it is rewritten atomically (temp file + ``os.replace``).
+``vectors`` (float32, L2-normalised); it is rewritten atomically (``storage.write_file``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
-import tempfile
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from storage.atomic import write_file
 from towers.errors import TowerError
 
 if TYPE_CHECKING:
@@ -94,16 +93,12 @@ def _read(path: Path, fingerprint: str) -> tuple[list[str], np.ndarray | None]:
 
 
 def _write(path: Path, fingerprint: str, keys: list[str], vectors: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    def fill(temp: Path) -> None:
+        with open(temp, "wb") as handle:
             np.savez(handle, fingerprint=np.array(fingerprint), keys=np.array(keys, dtype="U40"),
                      vectors=vectors.astype(np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_file(path, fill)  # storage's atomic writer: temp file, fsync, os.replace
 
 
 def encode_cached(

@@ -76,15 +76,43 @@ class TwoTowerModel(nn.Module):
             out = out.index_put((is_text,), text_lookup(text_idx[is_text]).to(out.dtype))
         return out
 
+    def event_vectors(
+        self,
+        hist_item_idx: torch.Tensor,
+        text_idx: torch.Tensor,
+        item_lookup: ItemLookup,
+        text_lookup: ItemLookup,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each distinct event vector once: ``vectors`` (V, dim) = the batch's distinct items,
+        then its distinct texts, then one zero row (padding), and ``event_index`` (B, L) into it.
+        ``vectors[event_index]`` equals ``event_emb(...)``, but the lookups (the adapter, when
+        ``item_lookup`` runs it) see each distinct item once per batch, not once per event."""
+        is_item, is_text = hist_item_idx >= 0, text_idx >= 0
+        item_uniq, item_inv = torch.unique(hist_item_idx[is_item], return_inverse=True)
+        text_uniq, text_inv = torch.unique(text_idx[is_text], return_inverse=True)
+        parts = [item_lookup(item_uniq)] if len(item_uniq) else []
+        if len(text_uniq):
+            parts.append(text_lookup(text_uniq))
+        dtype = parts[0].dtype if parts else torch.float32
+        parts.append(torch.zeros(1, self.dim, dtype=dtype, device=hist_item_idx.device))
+        vectors = torch.cat([p.to(dtype) for p in parts])  # (V, dim), last row = padding
+        event_index = torch.full_like(hist_item_idx, len(vectors) - 1)  # (B, L)
+        event_index[is_item] = item_inv
+        event_index[is_text] = text_inv + len(item_uniq)
+        return vectors, event_index
+
     def user_emb(
         self, batch: Mapping[str, torch.Tensor], item_lookup: ItemLookup | None = None
     ) -> torch.Tensor:
         """User vectors (B, dim) of a ``build_tensors`` batch. ``item_lookup`` maps history item
-        indices to vectors (default: the item tower's table, which is BERT-free)."""
+        indices to vectors (default: the item tower's table, which is BERT-free); it and the
+        user tower's projection run once per distinct item of the batch."""
         lookup = item_lookup or (lambda idx: self.item_tower.item_emb(idx, from_table=True))
-        events = self.event_emb(batch["hist_item_idx"], batch["hist_query_idx"], lookup,
-                                self.item_tower.query_emb)
-        return self.user_tower(events, batch["hist_type"], batch["hist_len"])
+        vectors, event_index = self.event_vectors(batch["hist_item_idx"],
+                                                  batch["hist_query_idx"], lookup,
+                                                  self.item_tower.query_emb)
+        return self.user_tower.forward_indexed(vectors, event_index, batch["hist_type"],
+                                               batch["hist_len"])
 
     def all_item_emb(self) -> torch.Tensor:
         """Every catalogue item's vector (n_items, dim)."""

@@ -1,0 +1,209 @@
+"""Train the ranking stage of a run: LightGBM LambdaRank over the merged candidates of the
+engine's own pipeline, and the fusion baseline's weights, on data the towers did not fit.
+
+Rows (``ranker_examples``): the validation targets (``loo``) or window (``time``), plus the
+training-period rows whose target is one of the split's ``ranker_items`` — items kept out of
+the towers' training, so the ranker sees targets the towers never saw, as new items will be
+(FINDINGS: fitted on warm targets alone a fusion learned "popular = likely" and dropped new
+items). Never a test row. Each row is ranked by the engine (``Recommender.rank_resolved``, the
+serving path) with the session's own items allowed back, so the ranker learns how likely a
+repeat is; rows whose target no source returned carry no signal and are counted, not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.artifacts import ArtifactPaths
+from recdata.schema import SplitData
+
+log = logging.getLogger(__name__)
+
+COLD_SEGMENTS = ("new", "unseen")
+
+
+def ranker_examples(split: SplitData, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """The ranker's rows: validation + ``ranker_train`` (never test), seeded sample of at most
+    ``max_rows``, with ``user_segment`` and ``target_segment`` labels."""
+    frames = [split.valid.assign(origin="valid")]
+    if split.ranker_train is not None and len(split.ranker_train):
+        frames.append(split.ranker_train.assign(origin="ranker_items"))
+    rows = pd.concat(frames, ignore_index=True)
+    if max_rows is not None and len(rows) > max_rows:
+        rows = rows.sample(n=int(max_rows), random_state=seed).reset_index(drop=True)
+    return rows
+
+
+def candidate_rows(recommender: Any, examples: pd.DataFrame, batch_size: int = 512
+                   ) -> dict[str, Any]:
+    """Rank every example through the engine (repeats allowed) and collect, per example whose
+    target was among its candidates, the feature rows and labels; plus per-example coverage."""
+    from engine.session import sessions_from_examples
+
+    features, labels, sizes, users, segments = [], [], [], [], []
+    found = np.zeros(len(examples), dtype=bool)
+    for lo in range(0, len(examples), batch_size):
+        chunk = examples.iloc[lo:lo + batch_size]
+        sessions = sessions_from_examples(chunk["hist_items"], chunk["hist_types"],
+                                          chunk["hist_queries"])
+        resolved = recommender.resolve(sessions, k=1)
+        active = [j for j, r in enumerate(resolved) if r.events]
+        ts = chunk["target_ts"].to_numpy(dtype=np.float64) if "target_ts" in chunk else None
+        ranked, _, state, _, _ = recommender.rank_resolved(
+            [resolved[j] for j in active], repeats=True,
+            request_ts=None if ts is None else ts[active])
+        for j, result in zip(active, ranked):
+            example = chunk.iloc[j]
+            target = state.row_of.get(str(example["target"]))
+            label = (result.rows == target).astype(np.float32)
+            if not label.any():
+                continue
+            found[lo + j] = True
+            features.append(result.features)
+            labels.append(label)
+            sizes.append(len(label))
+            users.append(str(example["user_id"]))
+            segments.append(str(example["target_segment"]))
+    if not features:
+        raise ValueError("no ranker example had its target among the candidates; nothing to "
+                         "train on (check the candidate quotas)")
+    return {"features": np.vstack(features), "labels": np.concatenate(labels),
+            "sizes": np.asarray(sizes, np.int64), "users": users, "segments": segments,
+            "found": found}
+
+
+def coverage(examples: pd.DataFrame, found: np.ndarray) -> dict[str, Any]:
+    """Share of examples whose target was among the merged candidates, overall and by target
+    and user segment (a ranker cannot rank what no source returns)."""
+    out: dict[str, Any] = {"overall": {"count": int(len(found)), "recall": float(found.mean())}}
+    for column in ("target_segment", "user_segment"):
+        for name, group in examples.groupby(column):
+            mask = found[group.index.to_numpy()]
+            out[f"{column.split('_')[0]}={name}"] = {"count": int(len(mask)),
+                                                     "recall": float(mask.mean())}
+    return out
+
+
+def ndcg_of_positive(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
+                     k: int = 10) -> np.ndarray:
+    """Per group, NDCG@k of its single positive under ``scores`` (ties count against it)."""
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pos_score = np.repeat(scores[labels > 0], sizes)
+    above = np.add.reduceat((scores > pos_score).astype(np.int64), starts)  # 0-based rank
+    return np.where(above < k, 1.0 / np.log2(above + 2.0), 0.0)
+
+
+def segment_objective(ndcg: np.ndarray, segments: list[str]) -> float:
+    """Mean of NDCG@10 over all groups, over long-tail targets and over cold (new/unseen)
+    targets: a weight chosen on warm validation targets alone drops new items (FINDINGS)."""
+    seg = np.asarray(segments)
+    parts = [ndcg.mean()]
+    for wanted in (("long_tail",), COLD_SEGMENTS):
+        mask = np.isin(seg, wanted)
+        if mask.any():
+            parts.append(ndcg[mask].mean())
+    return float(np.mean(parts))
+
+
+def tune_fusion(rows: dict[str, Any]) -> dict[str, Any]:
+    """The fusion weights (ranking.scorers.fusion_grid) that maximise ``segment_objective``."""
+    from ranking.scorers import COLUMN, FUSION_SIGNALS, fusion_grid, zscore
+
+    features, labels, sizes = rows["features"], rows["labels"], rows["sizes"]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    z = np.zeros((len(labels), len(FUSION_SIGNALS)))
+    for g in range(len(sizes)):
+        lo, hi = starts[g], starts[g + 1]
+        for j, name in enumerate(FUSION_SIGNALS):
+            z[lo:hi, j] = zscore(features[lo:hi, COLUMN[name]])
+    best, table = None, []
+    for weights in fusion_grid():
+        scores = z @ np.array([weights[name] for name in FUSION_SIGNALS])
+        value = segment_objective(ndcg_of_positive(scores, labels, sizes), rows["segments"])
+        table.append((value, weights))
+        if best is None or value > best[0] + 1e-12:
+            best = (value, weights)
+    assert best is not None
+    return {"weights": best[1], "objective": best[0], "grid_size": len(table)}
+
+
+ABLATION_FEATURES: dict[str, tuple[str, ...]] = {  # what "without a source" removes
+    "towers": ("towers_rank", "towers_score", "towers_gap", "towers_sim_last"),
+    "bm25": ("bm25_rank", "bm25_score", "bm25_gap", "query_bm25"),
+    "zero_shot": ("zero_shot_rank", "zero_shot_score", "zero_shot_gap", "zs_sim_last",
+                  "zs_sim_max"),
+    "popularity": ("popularity_rank",), "fresh": ("fresh_rank",), "session": ("session_rank",),
+}
+
+
+def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str, Any],
+                         seed: int, drop_sources: tuple[str, ...] = (),
+                         out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train and save ``run_dir/ranker`` (LightGBM model + ranker.json); returns its metrics.
+    Builds the index and the ranking parts first when the run lacks them. ``drop_sources``
+    (an ablation) retrieves nothing from those sources and hides their features; the result
+    then goes to ``out_dir``."""
+    from engine.recommender import Recommender
+    from pipeline.index_stage import ensure_index
+    from ranking import FEATURES, FEATURES_VERSION, LightGBMRanker
+    from ranking.scorers import train_lambdarank
+
+    paths = ArtifactPaths(run_dir)
+    paths.check_split(split.fingerprint)  # candidates and labels must come from this split
+    ensure_index(paths)
+    started = time.perf_counter()
+    unknown = sorted(set(drop_sources) - set(ABLATION_FEATURES))
+    if unknown:
+        raise ValueError(f"drop_sources: unknown {unknown}; choose from {list(ABLATION_FEATURES)}")
+    quotas = {k: 0 if k in drop_sources else int(v) for k, v in dict(cfg["quotas"]).items()}
+    hidden = tuple(f for source in drop_sources for f in ABLATION_FEATURES[source])
+    recommender = Recommender.from_artifacts(
+        paths.root, rerank=False, scorer="towers",
+        candidates={"quotas": quotas, "size": int(cfg["size"])})
+    if recommender.ranking_parts is None:
+        raise ValueError(f"{paths.root} has no bm25/ or zeroshot/ after building them")
+    examples = ranker_examples(split, cfg.get("max_rows"), seed)
+    rows = candidate_rows(recommender, examples)
+    collect_s = time.perf_counter() - started
+    booster, info = train_lambdarank(rows["features"], rows["labels"], rows["sizes"],
+                                     rows["users"], dict(cfg["lightgbm"]), seed,
+                                     feature_mask=hidden)
+    fusion = tune_fusion(rows)
+    gains = booster.feature_importance(importance_type="gain")
+    meta = {
+        "features": list(FEATURES), "features_version": FEATURES_VERSION,
+        "lightgbm_version": __import__("lightgbm").__version__, **info,
+        "candidates": {"quotas": quotas, "size": int(cfg["size"])},
+        "fusion": fusion, "examples": {
+            "rows": int(len(examples)), "groups_used": int(len(rows["sizes"])),
+            "by_origin": examples["origin"].value_counts().to_dict(),
+            "by_target_segment": pd.Series(rows["segments"]).value_counts().to_dict()},
+        "candidate_recall": coverage(examples, rows["found"]),
+        "importance_gain": {f: float(g) for f, g in sorted(
+            zip(FEATURES, gains), key=lambda pair: -pair[1])},
+        "split_fingerprint": split.fingerprint, "run": paths.run, "seed": seed,
+        "drop_sources": list(drop_sources),
+        "collect_seconds": round(collect_s, 1),
+        "train_seconds": round(time.perf_counter() - started - collect_s, 1)}
+    from engine.state import run_stamp
+
+    save_ranker(LightGBMRanker(booster, meta), Path(out_dir) if out_dir else
+                paths.root / "ranker", stamp=run_stamp(paths))
+    return {k: meta[k] for k in ("best_round", "held_out_ndcg_at_10", "examples",
+                                 "candidate_recall", "collect_seconds", "train_seconds")} | {
+        "fusion_weights": fusion["weights"]}
+
+
+def save_ranker(ranker: Any, target: Path, stamp: Mapping[str, Any] | None = None) -> Path:
+    """Write the ranker atomically (``storage.write_dir``), with the run ``stamp``
+    (``run.json``) it was trained on."""
+    from storage import write_dir
+
+    return write_dir(target, ranker.save, stamp=dict(stamp) if stamp is not None else None)

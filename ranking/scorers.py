@@ -1,0 +1,179 @@
+"""The final score of each candidate: the towers' order, a fusion of normalised source scores,
+or the learned ranker (LightGBM LambdaRank). Each takes one session's feature rows (m, F) in
+``features.FEATURES`` order and returns (m,) scores, higher first."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ranking.features import FEATURES, FEATURES_VERSION
+
+log = logging.getLogger(__name__)
+COLUMN = {name: j for j, name in enumerate(FEATURES)}
+FUSION_SIGNALS: tuple[str, ...] = ("towers_score", "zero_shot_score", "bm25_score",
+                                   "log_popularity")
+MODEL_FILE, META_FILE = "model.txt", "ranker.json"
+
+
+class RankerError(ValueError):
+    """A missing, damaged or mismatched ranker, or bad training input."""
+
+
+class TowersOrder:
+    """The towers' score alone (what firstclick served before the ranking stage)."""
+
+    name = "towers"
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        scores = features[:, COLUMN["towers_score"]].astype(np.float64)
+        return np.where(np.isnan(scores), -np.inf, scores)
+
+
+def zscore(column: np.ndarray) -> np.ndarray:
+    """Per-session z-score of one signal over the candidates; missing values take the
+    session's minimum (a source's silence is its lowest vote)."""
+    values = column.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(len(values))
+    values = np.where(finite, values, values[finite].min())
+    std = values.std()
+    return (values - values.mean()) / std if std > 0 else np.zeros(len(values))
+
+
+class Fusion:
+    """A convex combination of the per-session z-scored source scores (towers, zero-shot, BM25,
+    log popularity), weights tuned on validation (``tune_fusion``); no learning beyond that.
+    A lexical + dense fusion after Bruch et al. (arXiv 2210.11934)."""
+
+    name = "fusion"
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        unknown = sorted(set(weights) - set(FUSION_SIGNALS))
+        if unknown:
+            raise RankerError(f"fusion weights name unknown signals {unknown}; expected "
+                              f"{list(FUSION_SIGNALS)}")
+        self.weights = {k: float(v) for k, v in weights.items()}
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(features))
+        for name, weight in self.weights.items():
+            if weight:
+                out += weight * zscore(features[:, COLUMN[name]])
+        return out
+
+
+def fusion_grid(step: float = 0.1) -> list[dict[str, float]]:
+    """Convex weights over FUSION_SIGNALS on a grid (towers weight > 0)."""
+    ticks = np.round(np.arange(0.0, 1.0 + 1e-9, step), 6)
+    grid = []
+    for w_zs in ticks:
+        for w_bm25 in ticks:
+            for w_pop in ticks[ticks <= 0.3]:
+                rest = round(1.0 - w_zs - w_bm25 - w_pop, 6)
+                if rest > 0:
+                    grid.append({"towers_score": rest, "zero_shot_score": float(w_zs),
+                                 "bm25_score": float(w_bm25), "log_popularity": float(w_pop)})
+    return grid
+
+
+class LightGBMRanker:
+    """A LightGBM booster trained with a LambdaRank objective over ``FEATURES``."""
+
+    name = "ranker"
+
+    def __init__(self, booster: Any, meta: Mapping[str, Any]) -> None:
+        self.booster, self.meta = booster, dict(meta)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        if not len(features):
+            return np.zeros(0)
+        return self.booster.predict(features, num_threads=1)
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """(m, F) per-feature contributions (SHAP values, LightGBM ``pred_contrib``)."""
+        return self.booster.predict(features, pred_contrib=True, num_threads=1)[:, :-1]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write LightGBM's own model file and ``ranker.json`` (features, version, training
+        figures) into ``directory`` (a fresh folder the caller publishes atomically)."""
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(target / MODEL_FILE))
+        (target / META_FILE).write_text(json.dumps(self.meta, indent=1, default=float))
+        return target
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LightGBMRanker:
+        import lightgbm
+
+        source = Path(directory)
+        try:
+            meta = json.loads((source / META_FILE).read_text())
+            booster = lightgbm.Booster(model_file=str(source / MODEL_FILE))
+        except (OSError, ValueError, lightgbm.basic.LightGBMError) as err:
+            raise RankerError(f"{source} holds no readable ranker ({type(err).__name__}: "
+                              f"{err}); retrain it with `python train.py stage=ranker`") from None
+        if meta.get("features_version") != FEATURES_VERSION or meta.get("features") != list(
+                FEATURES):
+            raise RankerError(f"{source}/{META_FILE} was trained on features version "
+                              f"{meta.get('features_version')!r}; this code computes version "
+                              f"{FEATURES_VERSION}; retrain it with `python train.py "
+                              "stage=ranker`")
+        return cls(booster, meta)
+
+
+def group_split(users: Sequence[str], share: float, seed: int) -> np.ndarray:
+    """A seeded boolean mask over groups: True for the ``share`` of *users* held out (every
+    group of a held-out user), so a user's sessions never sit on both sides."""
+    unique = np.array(sorted(set(users)), dtype=object)
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(unique, max(1, int(round(share * len(unique)))), replace=False))
+    return np.array([u in held for u in users])
+
+
+def train_lambdarank(features: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray,
+                     group_users: Sequence[str], params: Mapping[str, Any], seed: int,
+                     valid_share: float = 0.2, feature_mask: Sequence[str] = ()
+                     ) -> tuple[Any, dict[str, Any]]:
+    """LambdaRank on (features (N, F), labels (N,), group_sizes (G,)): early stopping on a
+    user-grouped ``valid_share`` of the groups, then a refit on every group with the best
+    number of rounds. ``feature_mask`` names features left out (set to NaN: ablations).
+    Returns (booster, info with the held-out NDCG@10 curve and the best round)."""
+    import lightgbm
+
+    if len(group_sizes) != len(group_users) or group_sizes.sum() != len(labels):
+        raise RankerError(f"{len(group_sizes)} groups of {group_sizes.sum()} rows for "
+                          f"{len(labels)} labels and {len(group_users)} users; they must agree")
+    features = features.copy()
+    for name in feature_mask:
+        features[:, COLUMN[name]] = np.nan
+    held = group_split(group_users, valid_share, seed)
+    row_held = np.repeat(held, group_sizes)
+    base = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10],
+            "verbosity": -1, "seed": seed, "deterministic": True, "num_threads": 2,
+            **{k: v for k, v in params.items() if k != "num_boost_round"}}
+    rounds = int(params.get("num_boost_round", 500))
+    fit = lightgbm.Dataset(features[~row_held], labels[~row_held], group=group_sizes[~held],
+                           feature_name=list(FEATURES), free_raw_data=False)
+    valid = lightgbm.Dataset(features[row_held], labels[row_held], group=group_sizes[held],
+                             reference=fit)
+    curve: dict[str, list[float]] = {}
+    booster = lightgbm.train(base, fit, num_boost_round=rounds, valid_sets=[valid],
+                             valid_names=["held_out_users"],
+                             callbacks=[lightgbm.early_stopping(30, verbose=False),
+                                        lightgbm.record_evaluation(curve)])
+    best = max(1, int(booster.best_iteration or rounds))
+    held_ndcg = curve["held_out_users"]["ndcg@10"]
+    full = lightgbm.Dataset(features, labels, group=group_sizes, feature_name=list(FEATURES))
+    final = lightgbm.train(base, full, num_boost_round=best)
+    info = {"best_round": best, "held_out_ndcg_at_10": float(held_ndcg[best - 1]),
+            "held_out_groups": int(held.sum()), "fit_groups": int((~held).sum()),
+            "rows": int(len(labels)), "params": base, "feature_mask": list(feature_mask)}
+    return final, info
