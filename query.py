@@ -1,6 +1,6 @@
 """``python query.py --session s.json``: recommendations for a session, with reasons.
 
-``--session`` takes a JSON session (DESIGN.md), a JSON list of sessions, a ``.jsonl`` file (one
+``--session`` takes a session (README "Contracts"), a JSON list of sessions, a ``.jsonl`` file (one
 session per line, one result per line), or ``-`` for stdin. Output: the result JSON on stdout
 (``--pretty`` for a readable list; ``--timings`` adds a per-stage summary on stderr).
 
@@ -23,24 +23,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.artifacts import ArtifactPaths
+from engine.cli import DEFAULT_ARTIFACTS, positive_int
 from engine.errors import SessionError
 from engine.inputs import MAX_FILE_BYTES
 from engine.loading import log_to_stderr, quiet_libraries
 from engine.session import Session, parse_sessions_text
 
-DEFAULT_ARTIFACTS = "artifacts/demo"
 DEFAULT_K = 10  # engine.recommender.DEFAULT_K, repeated to keep torch out of argument checks
 STAGES = ("encode", "search", "rank", "rerank", "total")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

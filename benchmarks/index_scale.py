@@ -12,8 +12,8 @@ flat (exact) index's top-k. Single-query QPS loops one query at a time through
 queries in one call. The goal this answers: an approximate setting with recall@10 >= 0.95 at
 >= 10x flat's single-query QPS at 1M items.
 
-    python benchmarks/index_scale.py --sizes 100000 1000000 --dim 384 --queries 1000
-    python benchmarks/index_scale.py --sizes 20000 --queries 200      # a quick check
+    python -m benchmarks.index_scale --sizes 100000 1000000 --dim 384 --queries 1000
+    python -m benchmarks.index_scale --sizes 20000 --queries 200      # a quick check
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """HTTP load test of ``python -m serve``: throughput and latency per client concurrency.
 
-    python benchmarks/load_test.py --artifacts artifacts/demo                   # defaults below
-    python benchmarks/load_test.py --artifacts A --requests 300 --duration 20 --concurrency 1,2,4
+    python -m benchmarks.load_test --artifacts artifacts/demo                   # defaults below
+    python -m benchmarks.load_test --artifacts A --requests 300 --duration 20 --concurrency 1,2,4
 
 Starts the server in a subprocess on a free port of 127.0.0.1 (loopback only), over a private
 copy of the artifacts (``--in-place`` to skip the copy: the live adds are then deleted again at
@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/load_test.py` puts only benchmarks/ on it
-    sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_info  # noqa: E402
 from engine.artifacts import ArtifactPaths  # noqa: E402 - json-only, no torch

@@ -7,7 +7,7 @@ each user group and each target segment (head, long_tail, new): NDCG@10 of the t
 of the cross-encoder alone (all top-20 re-scored) and of the served policy, with paired
 bootstrap 95% CIs of the lift.
 
-    python benchmarks/rerank_quality.py --artifacts artifacts/amazon_scientific_bert
+    python -m benchmarks.rerank_quality --artifacts artifacts/amazon_scientific_bert
 
 Writes ``benchmarks/results/rerank_quality_<run>.{json,md}``.
 """
@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+LIBRARIES = ("torch", "onnxruntime", "sentence-transformers")
 log = logging.getLogger("rerank_quality")
 
 
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    from benchmarks.machine import machine_info
+    from benchmarks.machine import provenance
     from benchmarks.rerank_speed import _split
     from engine.artifacts import ArtifactPaths, load_catalogue, save_json
     from engine.loading import load_reranker, run_policy
@@ -62,15 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         getattr(rows, field).extend(getattr(cold, field))
     report = segment_report(rows, policy.rules, policy.standardize, seed=args.seed)
     out = args.out or ROOT / f"benchmarks/results/rerank_quality_{paths.run}.json"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    result = {"command": "python benchmarks/rerank_quality.py " + " ".join(argv or sys.argv[1:]),
-              "commit": commit, "seed": args.seed, "split": "test", "test_rows": len(test),
+    result = {**provenance("python -m benchmarks.rerank_quality "
+                           + " ".join(argv or sys.argv[1:]), args.seed, LIBRARIES),
+              "split": "test", "test_rows": len(test),
               "rows_by_group": {g: rows.user_group.count(g) for g in sorted(set(rows.user_group))},
               "engine": reranker.engine, "policy_rules": policy.rules,
               "policy_decided_on": json.loads(policy_file.read_text()).get("decided_on"),
               "seconds": round(time.perf_counter() - started, 1),
-              "machine": machine_info(("torch", "onnxruntime", "sentence-transformers")),
               "segments": report}
     save_json(out, result)
     out.with_suffix(".md").write_text(markdown(result))

@@ -7,7 +7,7 @@ to the towers' own order. Then the whole request through ``engine.Recommender`` 
 sessions (contexts cut to the last item event, all 20 candidates re-scored) with the served
 engine, with its stage timings. Validation rows only: this picks nothing, it measures.
 
-    python benchmarks/rerank_speed.py --artifacts artifacts/amazon_scientific_bert \\
+    python -m benchmarks.rerank_speed --artifacts artifacts/amazon_scientific_bert \\
         --fast-artifacts artifacts/amazon_scientific_bert_fast
 
 ``--fast-artifacts``: a run dir with the same towers and a reranker trained with
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 log = logging.getLogger("rerank_speed")
 LIBRARIES = ("torch", "onnxruntime", "onnx", "sentence-transformers", "transformers")
 
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/rerank_speed.json")
     args = p.parse_args(argv)
-    from benchmarks.machine import machine_info
+    from benchmarks.machine import provenance
     from engine.artifacts import save_json
     from rerank.train import rank_metrics
 
@@ -162,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %s", name, entry)
     fp32, int8 = results["ONNX fp32"]["ndcg_at_10"], results["ONNX int8"]["ndcg_at_10"]
     engine = {"threads_2": engine_latency(args.artifacts, valid, args.engine_sessions, 2)}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    report = {"command": "python benchmarks/rerank_speed.py " + " ".join(argv or sys.argv[1:]),
-              "commit": commit, "seed": args.seed, "machine": machine_info(LIBRARIES),
+    report = {**provenance("python -m benchmarks.rerank_speed " + " ".join(argv or sys.argv[1:]),
+                           args.seed, LIBRARIES),
               "load_average_start_end": [load_start, os.getloadavg()],
               "rows": len(valid), "split": "valid", "towers_ndcg_at_10": towers_ndcg,
               "rows_with_target_in_top20": int(sum(p >= 0 for p in positive)),

@@ -1,4 +1,4 @@
-"""The artifacts directory of one run (DESIGN.md "Artifacts"): paths, checks, catalogue file.
+"""The artifacts directory of one run (docs/architecture.md): paths, checks, catalogue file.
 
 ``artifacts/<run>/`` holds ``config.yaml``, ``towers/`` and ``metrics.json`` (train.py),
 ``reranker/`` (train.py stage=reranker, optional) and ``state/``: the serving state that live

@@ -13,7 +13,7 @@ class EngineError(ValueError):
 
 
 class SessionError(EngineError):
-    """A session (query JSON) that does not follow the DESIGN.md shape, or asks the impossible."""
+    """A session (query JSON) not in the README's session shape, or asking the impossible."""
 
 
 class ArtifactsError(EngineError):

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def example_sessions(examples: pd.DataFrame) -> list[list[dict[str, Any]]]:
-    """Example rows -> session event lists in the DESIGN.md JSON shape."""
+    """Example rows -> session event lists in the README's session JSON shape."""
     sessions = []
     for items, types, queries in zip(examples["hist_items"], examples["hist_types"],
                                      examples["hist_queries"]):

@@ -1,4 +1,4 @@
-"""Session JSON (DESIGN.md "Data contracts") -> validated ``Session``; no torch, no model.
+"""Session JSON (README "Contracts") -> validated ``Session``; no torch, no model.
 
 ```json
 {"user_id": "optional", "k": 10,

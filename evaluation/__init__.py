@@ -1,6 +1,6 @@
 """Full-catalogue ranking evaluation: metrics, and segment-wise evaluation of any retriever.
 
-Protocol (DESIGN.md): every example ranks the whole catalogue, never sampled negatives; one
+Protocol (docs/architecture.md): an example ranks the whole catalogue, never sampled negatives; one
 relevant item per example; 0-based ranks with ties broken by lower item index; the user's history
 is masked by default (the target stays rankable) and the unmasked figures are reported beside it.
 """

@@ -4,10 +4,11 @@ engine's own pipeline, and the fusion baseline's weights, on data the towers did
 Rows (``ranker_examples``): the validation targets (``loo``) or window (``time``), plus the
 training-period rows whose target is one of the split's ``ranker_items`` — items kept out of
 the towers' training, so the ranker sees targets the towers never saw, as new items will be
-(FINDINGS: fitted on warm targets alone a fusion learned "popular = likely" and dropped new
-items). Never a test row. Each row is ranked by the engine (``Recommender.rank_resolved``, the
-serving path) with the session's own items allowed back, so the ranker learns how likely a
-repeat is; rows whose target no source returned carry no signal and are counted, not used.
+(docs/architecture.md: fitted on warm targets alone a fusion learned "popular = likely"
+and dropped new items). Never a test row. Each row is ranked by the engine
+(``Recommender.rank_resolved``, the serving path) with the session's own items allowed back,
+so the ranker learns how likely a repeat is; rows whose target no source returned carry no
+signal and are counted, not used.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def ndcg_of_positive(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
 
 def segment_objective(ndcg: np.ndarray, segments: list[str]) -> float:
     """Mean of NDCG@10 over all groups, over long-tail targets and over cold (new/unseen)
-    targets: a weight chosen on warm validation targets alone drops new items (FINDINGS)."""
+    targets: a weight chosen on warm validation targets alone drops new items
+    (docs/architecture.md, Lessons)."""
     seg = np.asarray(segments)
     parts = [ndcg.mean()]
     for wanted in (("long_tail",), COLD_SEGMENTS):

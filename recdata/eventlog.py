@@ -1,4 +1,4 @@
-"""The durable, append-only event log (DESIGN.md "serve: POST /events ▶ append-only event log").
+"""The durable, append-only event log (docs/architecture.md "Artifacts").
 
 File format (``<artifacts>/events/events.log``), one *record* per line, one record per append
 (one ``POST /events`` call, one event or a batch)::

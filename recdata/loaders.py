@@ -3,7 +3,7 @@
 - ``load_amazon_unisrec``: the UniSRec processed Amazon files (``<Name>.text``,
   ``.item2index``, ``.user2index``, ``.{train,valid,test}.inter``); keeps the file's split.
 - ``load_movielens``: GroupLens ``movies.csv`` + ``ratings.csv`` (+ ``tags.csv`` as item text).
-- ``load_files``: the user's own catalogue + events in CSV, JSONL or Parquet (DESIGN.md columns).
+- ``load_files``: the user's own catalogue + events in CSV, JSONL or Parquet (README "Contracts").
 - ``generate_synthetic`` (in :mod:`recdata.synthetic`): the embedded default.
 """
 
@@ -288,7 +288,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def load_files(catalogue: str | Path, events: str | Path, name: str = "files",
                tags: str | Path | None = None, relations: str | Path | None = None
                ) -> Dataset:
-    """Load the user's own catalogue and events files (columns of DESIGN.md), optionally a
+    """Load the user's own catalogue and events files (README "Contracts"), optionally a
     time-stamped tags file (``item_id, tag, ts[, user_id]``) that the split folds into item
     text up to the training cut only, and a relations file (``item_id, relation, entity``: the
     item knowledge graph, recdata.graph)."""

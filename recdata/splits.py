@@ -202,8 +202,8 @@ def split_dataset(
     ``ranker_item_share`` of the remaining items (drawn after the new items, so those do not
     change) is kept out of the *towers'* training the same way, but not out of validation:
     their training-period rows become ``ranker_train`` and, with the validation rows, teach
-    the ranking stage how items the towers never saw behave (FINDINGS: a ranker fitted on
-    warm targets only learns "popular = likely" and drops new items).
+    the ranking stage how items the towers never saw behave (docs/architecture.md, Lessons:
+    a ranker fitted on warm targets only learns "popular = likely" and drops new items).
     ``distinct_targets``: only an item's first event in a user's sequence is a target (the
     next *new* item; repeats stay in the contexts) — the serving task, where history items are
     excluded from recommendations. Off for the UniSRec files, whose split it must reproduce.

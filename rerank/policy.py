@@ -1,8 +1,8 @@
 """When to re-score, what to re-score, and how to mix the two scores.
 
 The cross-encoder costs milliseconds per candidate on a CPU, the two-tower dot product nothing,
-so the reranker is spent where the retriever is least sure (DESIGN.md, "precision where data
-is thin"):
+so the reranker is spent where the retriever is least sure ("precision where data is
+thin"):
 
 * a **new or cold user** (at most ``cold_max_events`` item events; a query-only session has 0)
   gives the user tower little to read, so every one of the top ``top_n`` candidates is re-scored;

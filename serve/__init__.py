@@ -3,7 +3,7 @@
 ``python -m serve --artifacts artifacts/demo --port 8000`` (or ``make serve``), or
 ``create_app(artifacts=...)`` under any ASGI server. Routes:
 
-- ``POST /recommend`` — a session (DESIGN.md JSON) -> the engine's result, exactly what
+- ``POST /recommend`` — a session (the README's session JSON) -> the engine's result, exactly what
   ``query.py`` prints; query parameters ``k`` and ``rerank`` (bool) override the session's.
 - ``POST /recommend/batch`` — ``{"sessions": [...]}`` (at most ``max_batch``) ->
   ``{"results": [...]}``, one batched user-tower pass and one index search.

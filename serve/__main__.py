@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 from engine.artifacts import ArtifactPaths
+from engine.cli import DEFAULT_ARTIFACTS, port_number, positive_int
 from engine.loading import log_to_stderr, quiet_libraries
-from query import positive_int
 from recdata.eventlog import LOG_FILE, EventLog
 from serve.auth import AuthConfigError, keys_from_env, keys_from_file
 from serve.privacy import USER_KEY_ENV, UserKeyError, key_from_env, key_from_file
 
-DEFAULT_ARTIFACTS = "artifacts/demo"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # the defaults of serve.app, repeated to keep torch out of argument checks
@@ -32,13 +31,6 @@ DEFAULT_ENGINE_THREADS = 2
 DEFAULT_TORCH_THREADS = 1
 DEFAULT_MAX_RESULTS = 10_000
 DEFAULT_RELOAD_EVERY_S = 5.0  # serve.reload's default, repeated to keep imports light
-
-
-def port_number(text: str) -> int:
-    value = positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port 1..65535, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,8 +35,8 @@ from engine.recommender import DEFAULT_K, Recommender
 from engine.session import Session
 from recdata.eventlog import EventLog
 from serve.auth import API_KEY_HEADER, ApiKeyCheck, ApiKeyMiddleware, keys_from_env
-from serve.items import add_item_routes
 from serve.events import EventsService, add_event_routes
+from serve.items import add_item_routes
 from serve.metrics import RequestMiddleware, ServeMetrics
 from serve.models import (
     REQUEST_MODELS,

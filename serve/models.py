@@ -77,7 +77,7 @@ class Event(BaseModel):
 
 
 class Session(BaseModel):
-    """A shopper's session (DESIGN.md "Data contracts"); ``events`` may be empty (fallback:
+    """A shopper's session (README "Contracts"); ``events`` may be empty (fallback:
     popular and new items)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{

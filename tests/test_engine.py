@@ -36,7 +36,7 @@ RESULT_KEYS = {"user_id", "segment", "reranked", "items", "timings_ms", "warning
 
 
 def check_result(result: dict, k: int) -> None:
-    """The DESIGN.md output contract."""
+    """The output contract (README "Contracts")."""
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert result["segment"] in ("new_user", "cold_user", "warm_user")
     assert isinstance(result["reranked"], bool)

@@ -35,7 +35,7 @@ SEARCH = {"user_id": "u1", "events": [{"type": "search", "query": "usb lamp"}]}
 
 
 def check_result(result: dict, k: int) -> None:
-    """The DESIGN.md output contract."""
+    """The output contract (README "Contracts")."""
     assert RESULT_KEYS <= set(result) <= RESULT_KEYS | {"fallback"}
     assert result["segment"] in ("new_user", "cold_user", "warm_user")
     assert set(result["timings_ms"]) == {"encode", "search", "rank", "rerank", "total",

@@ -153,7 +153,7 @@ def session_tensors(
     max_seq_len: int = 50,
     unknown_items: str = "error",
 ) -> SessionInputs:
-    """Parse sessions (DESIGN.md session JSON): events ``{"type", "item_id"}``, ``{"type":
+    """Parse sessions (the README's session JSON): events ``{"type", "item_id"}``, ``{"type":
     "search", "query"}`` or ``{"type", "item": {"title", ...}}`` (a new item, embedded from its
     text). A missing type is ``search`` for a query and ``click`` otherwise. Item ids not in
     ``item_index`` raise (``unknown_items="error"``) or are dropped (``"skip"``). A session left

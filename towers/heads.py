@@ -41,8 +41,8 @@ def n_items_from(item_texts: Sequence[str] | None, n_items: int | None) -> list[
 
 class ResidualAdapter(nn.Module):
     """``v + W2 gelu(W1 v)`` with W2 zero-initialised, so it starts as the identity (a randomly
-    initialised output layer nearly stalled training, FINDINGS), then an orthogonally initialised
-    projection to ``out_dim`` only when it differs from ``in_dim``."""
+    initialised output layer nearly stalled training, docs/architecture.md, Lessons), then an
+    orthogonally initialised projection to ``out_dim`` only when it differs from ``in_dim``."""
 
     def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int | None = None):
         super().__init__()

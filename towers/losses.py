@@ -1,7 +1,8 @@
 """Retrieval losses of the two-tower model: what each optimises, and why.
 
 Both take L2-normalised user and item vectors and a temperature ``T`` (0.07 beat 0.2 by ~0.016
-R@10, FINDINGS). ``needs_catalogue`` tells the training module which inputs to build.
+R@10, docs/architecture.md, Lessons).
+``needs_catalogue`` tells the training module which inputs to build.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class InBatchSoftmaxLoss(nn.Module):
       negatives for row i (see ``FullSoftmaxLoss``).
 
     Keep this loss for catalogues whose vectors are too costly to compute in full each step;
-    otherwise ``FullSoftmaxLoss`` is better (FINDINGS: +0.012 R@10).
+    otherwise ``FullSoftmaxLoss`` is better (docs/architecture.md, Lessons).
     """
 
     needs_catalogue = False
@@ -146,11 +147,11 @@ class FullSoftmaxLoss(nn.Module):
     that sampled softmax (Jean et al., ACL 2015; Yi et al., RecSys 2019) approximates, with no
     sampling bias to correct. Affordable whenever catalogue vectors are cheap to compute each
     step (frozen BERT: one adapter matmul); it beat in-batch softmax + logQ by ~0.012 R@10 at
-    ~30% more time per epoch (FINDINGS).
+    ~30% more time per epoch (docs/architecture.md, Lessons).
 
     ``exclude_mask`` (n_items,) bool removes items from the softmax: the held-out **new items**
-    must never be negatives, or training pushes them down at every step (FINDINGS: new-item R@10
-    fell from 0.117 to 0.076).
+    must never be negatives, or training pushes them down at every step
+    (docs/architecture.md, Lessons).
 
     ``mask_history`` also removes each row's own session items (``history_idx``) from its
     softmax, the row's target excepted. Evaluation and serving never rank a session's items

@@ -140,7 +140,7 @@ class TwoTowerModel(nn.Module):
         self, sessions: Sequence[Mapping[str, Any] | Sequence[Mapping[str, Any]]],
         unknown_items: str = "error",
     ) -> np.ndarray:
-        """User vectors (n, dim) float32 for sessions in the DESIGN.md JSON shape (each a list
+        """User vectors (n, dim) float32 for sessions in the README's session shape (each a list
         of events or ``{"events": [...]}``). Query texts and inline items are encoded once per
         call; raises EmptySessionError for a session with no usable event."""
         if self.item_ids is None:

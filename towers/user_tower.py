@@ -6,7 +6,7 @@ text's vector (same BERT, same adapter); a learned event-type embedding and a po
 "recent items" path: ``user = normalise(recency-weighted mean of event vectors + W_out h)`` with
 ``W_out`` zero-initialised, so at initialisation the user vector is the recency-weighted mean of
 the session's item/query vectors (the zero-shot baseline) and training only adds to it
-(FINDINGS: a randomly initialised output layer nearly stalled training).
+(docs/architecture.md, Lessons: a randomly initialised output layer nearly stalled training).
 
 ``hidden_dim`` narrows the sequence encoder: event vectors pass through a bias-free, orthogonally
 initialised projection ``dim -> hidden_dim`` before the type and position embeddings are added,
@@ -45,7 +45,7 @@ TYPE_INDEX: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
 
 class UserTower(nn.Module):
     """Session encoder. ``kind``: ``gru`` (default: matched a 2-layer transformer and ran ~25%
-    faster, FINDINGS), ``transformer`` (pre-LN, causal, pad-masked) or ``mean``
+    faster, docs/architecture.md, Lessons), ``transformer`` (pre-LN, causal, pad-masked) or ``mean``
     (recency-weighted mean of the enriched event vectors); ``hidden_dim`` is the encoder's width
     (None = ``dim``)."""
 

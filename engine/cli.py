@@ -1,0 +1,27 @@
+"""Argument helpers shared by the command lines (``query.py``, ``python -m serve``, the
+benchmarks): standard library only, so checking arguments never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_ARTIFACTS = "artifacts/demo"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port 1..65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1..65535, got {value}")
+    return value
