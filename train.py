@@ -54,7 +54,22 @@ def never_negatives(new_item_mask: Any, item_popularity: Any, exclude_unseen: bo
     return new_item_mask | (item_popularity == 0) if exclude_unseen else new_item_mask
 
 
-def train_towers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def graph_inputs(cfg: DictConfig, split: Any, item_ids: list[str]) -> dict[str, Any]:
+    """The item tower's entity links when ``tower.graph`` (else nothing): ``data.graph``'s
+    triples of the split (recdata.graph) as padded arrays in catalogue order."""
+    if not cfg.tower.get("graph"):
+        return {}
+    from recdata.graph import GraphSpec, graph_arrays, split_triples
+
+    spec = GraphSpec.from_dict(OmegaConf.to_container(cfg.data.get("graph"), resolve=True))
+    triples, report = split_triples(split, spec)
+    arrays = graph_arrays(triples, item_ids, spec.max_links)
+    log.info("item graph: %d entities, %d relations, %d links (%s)", len(arrays.entity_names),
+             len(arrays.relation_names), int((arrays.item_entity >= 0).sum()), report)
+    return {"item_graph": arrays, "graph_spec": spec.to_dict()}
+
+
+def train_towers(cfg: DictConfig, run_dir: Path, split: Any = None) -> dict[str, Any]:
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -64,13 +79,14 @@ def train_towers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from towers import SessionDataModule, TwoTowerModule, save_towers
 
     pl.seed_everything(cfg.seed, workers=True)
-    split = load_split(cfg)
+    split = split if split is not None else load_split(cfg)
     dm = SessionDataModule(split, batch_size=cfg.train.batch_size,
                            max_seq_len=cfg.train.max_seq_len,
                            eval_batch_size=cfg.train.eval_batch_size, seed=cfg.seed)
     item_tower = hydra.utils.instantiate(cfg.tower, item_texts=dm.item_texts,
                                          query_texts=dm.query_texts,
-                                         item_popularity=dm.item_popularity)
+                                         item_popularity=dm.item_popularity,
+                                         **graph_inputs(cfg, split, dm.item_ids))
     user_tower = hydra.utils.instantiate(cfg.user, dim=item_tower.dim)
     steps = cfg.trainer.max_epochs * math.ceil(len(dm.train_tensors["target_idx"])
                                                / cfg.train.batch_size)
@@ -156,15 +172,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         torch.set_num_threads(int(cfg.threads))
     run_dir = Path(cfg.artifacts_dir) / cfg.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     if "towers" in stages:
         from storage import write_file
 
+        split = load_split(cfg)  # bad data fails here, before anything is written
+        if cfg.tower.get("graph"):  # so does a bad data.graph
+            from recdata.graph import GraphSpec
+
+            GraphSpec.from_dict(OmegaConf.to_container(cfg.data.get("graph"), resolve=True))
         config_text = OmegaConf.to_yaml(cfg, resolve=True)
         write_file(run_dir / "config.yaml", lambda temp: temp.write_text(config_text))
-        results["towers"] = train_towers(cfg, run_dir)
+        results["towers"] = train_towers(cfg, run_dir, split)
         print(summary(results["towers"]))
+    if stages & {"reranker", "ranker"}:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if "reranker" in stages:
         results["reranker"] = train_reranker_stage(cfg, run_dir)
         save_json(run_dir / "reranker_metrics.json", results["reranker"])

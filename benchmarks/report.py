@@ -94,6 +94,30 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def graph_goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 16's goals for ``two_tower_bert_graph`` (the towers with the entity part), when the
+    run has it: new items vs zero-shot on the same rows, long tail and overall vs the same towers
+    without the graph."""
+    if not _get(payload, "systems", "two_tower_bert_graph", "masked"):
+        return []
+    graph = "two_tower_bert_graph"
+    new_ratio = _ratio(_r10(payload, graph, "new_item"), _r10(payload, "zero_shot", "new_item"))
+    tail = _ratio(_r10(payload, graph, "long_tail"), _r10(payload, "two_tower_bert", "long_tail"))
+    r10 = _ratio(_r10(payload, graph), _r10(payload, "two_tower_bert"))
+    n10 = _ratio(_r10(payload, graph, metric="ndcg_at_10"),
+                 _r10(payload, "two_tower_bert", metric="ndcg_at_10"))
+    no_loss = None if r10 is None or n10 is None else r10 >= 1.0 and n10 >= 1.0
+    return [
+        _goal("graph: new-item R@10 / zero_shot new-item R@10 (same rows)", ">= 1.3", new_ratio,
+              None if new_ratio is None else new_ratio >= 1.3,
+              applies=payload.get("dataset", GOAL_DATASET) == GOAL_DATASET),
+        _goal("graph: long-tail R@10 / two_tower_bert long-tail R@10", "> 1.0", tail,
+              None if tail is None else tail > 1.0),
+        _goal("graph: overall R@10 and N@10 / two_tower_bert", ">= 1.0 (no loss)",
+              None if r10 is None else f"R@10 {r10:.3f}, N@10 {n10:.3f}", no_loss),
+    ]
+
+
 def goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The issues' goals, each met / missed / not measured from this run's figures. The
     ranking stage's goals (issue 12) are judged on the ``ranker`` system."""
@@ -174,6 +198,7 @@ def goals(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
               ">= 10x", _get(at_1m, "speedup_vs_flat"),
               None if at_1m is None else bool(at_1m.get("goal_met")),
               "" if at_1m else f"sizes measured in this run: {sizes or 'none'}"),
+        *graph_goals(payload),
     ]
 
 

@@ -33,12 +33,21 @@ from benchmarks.systems import BenchmarkError
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("benchmarks.run")
-SYSTEMS = ("popularity", "bm25", "zero_shot", "two_tower_id", "two_tower_bert", "fusion",
-           "ranker", "two_tower_bert+rerank", "ranker+rerank")
+SYSTEMS = ("popularity", "bm25", "zero_shot", "two_tower_id", "two_tower_bert",
+           "two_tower_bert_graph", "fusion", "ranker", "two_tower_bert+rerank", "ranker+rerank")
+# the default --systems: the graph towers (issue 16) are opted into with --systems
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "two_tower_bert_graph")
+# tower runs: system -> (its run dir's args attribute, tower=, extra training overrides); every
+# system not named here ranks from the BERT run (--artifacts-bert)
+TOWER_RUNS = {"two_tower_id": ("artifacts_id", "id", []),
+              "two_tower_bert": ("artifacts_bert", "bert", []),
+              "two_tower_bert_graph": ("artifacts_graph", "bert", ["tower.graph=true"])}
+OWN_RUN = {"two_tower_id", "two_tower_bert_graph"}  # systems that do not need the BERT run
 RANKED = {"fusion": "fusion", "ranker": "ranker", "two_tower_bert+rerank": "towers",
           "ranker+rerank": "ranker"}  # system -> the engine's scorer
 SOURCE_OF = {"popularity": "popularity", "bm25": "bm25", "zero_shot": "zero_shot",
-             "two_tower_bert": "towers", "two_tower_id": "towers"}
+             "two_tower_bert": "towers", "two_tower_id": "towers",
+             "two_tower_bert_graph": "towers"}
 ABLATE = ("towers", "bm25", "zero_shot", "popularity+fresh")
 DATASETS = ("amazon_scientific", "movielens", "synthetic", "files")
 QUICK_DATA = ["data.options.n_items=150", "data.options.n_users=80"]
@@ -60,11 +69,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(--set data.options.catalogue=... --set data.options.events=...); "
                         "default amazon_scientific (synthetic with --quick)")
     p.add_argument("--name", help="report name: <out>/<name>.{json,md,png} (default: --data)")
-    p.add_argument("--systems", default=",".join(SYSTEMS),
-                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all but "
+                        "two_tower_bert_graph)")
     p.add_argument("--artifacts-bert", type=Path,
                    help="run dir of the BERT towers (+ ranker/, reranker/)")
     p.add_argument("--artifacts-id", type=Path, help="run dir of the ID towers")
+    p.add_argument("--artifacts-graph", type=Path,
+                   help="run dir of the BERT towers with the entity part (tower.graph=true)")
     p.add_argument("--artifacts-root", type=Path, default=Path("artifacts"),
                    help="where --train writes <data>_bert and <data>_id (default artifacts/)")
     p.add_argument("--train", action="store_true", help="train tower=id and tower=bert first")
@@ -102,7 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.data = args.data or "synthetic"
         if args.data == "synthetic":
             args.overrides = QUICK_DATA + args.overrides
-        args.train = args.train or not (args.artifacts_bert or args.artifacts_id)
+        args.train = args.train or not (args.artifacts_bert or args.artifacts_id
+                                        or args.artifacts_graph)
         args.rerank_sample = min(args.rerank_sample, 20)
         args.latency_sessions = min(args.latency_sessions, 20)
         args.latency_rerank_sessions = min(args.latency_rerank_sessions, 5)
@@ -114,17 +127,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.name = args.name or args.data
     args.artifacts_bert = args.artifacts_bert or args.artifacts_root / f"{args.data}_bert"
     args.artifacts_id = args.artifacts_id or args.artifacts_root / f"{args.data}_id"
+    args.artifacts_graph = (args.artifacts_graph
+                            or args.artifacts_root / f"{args.data}_bert_graph")
     return args
 
 
 def required_artifacts(args: argparse.Namespace) -> dict[str, Path]:
-    """The files the requested systems need: towers (both runs), the ranker, the reranker."""
+    """The files the requested systems need: towers (each run), the ranker, the reranker."""
     need: dict[str, Path] = {}
     wanted = set(args.systems)
     if "two_tower_id" in wanted:
         need["two_tower_id"] = args.artifacts_id / "towers" / "towers.json"
-    if wanted - {"two_tower_id"}:
+    if wanted - OWN_RUN:
         need["two_tower_bert"] = args.artifacts_bert / "towers" / "towers.json"
+    if "two_tower_bert_graph" in wanted:
+        need["two_tower_bert_graph"] = args.artifacts_graph / "towers" / "towers.json"
     if wanted & {"fusion", "ranker", "ranker+rerank"}:
         need["ranker"] = args.artifacts_bert / "ranker" / "ranker.json"
     if wanted & {"two_tower_bert+rerank", "ranker+rerank"}:
@@ -145,7 +162,8 @@ def check_artifacts(args: argparse.Namespace) -> None:
             f"{len(missing)} requested part(s) lack trained artifacts ({', '.join(missing)}; "
             f"first: {path} not found); train them with --train (make bench "
             f"BENCH_ARGS=--train: towers, ranker and reranker, see the README for how long), "
-            "pass --artifacts-bert/--artifacts-id, or drop the systems with --systems")
+            "pass --artifacts-bert/--artifacts-id/--artifacts-graph, or drop the systems with "
+            "--systems")
 
 
 def check_split(run_dir: Path, fingerprint: str) -> None:
@@ -182,16 +200,19 @@ def compose_data_config(args: argparse.Namespace) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.data, resolve=True)
 
 
-def train_run(tower: str, args: argparse.Namespace) -> dict[str, Any]:
-    """``python train.py`` (a subprocess) for one tower kind into its run dir; the BERT run
-    also trains the ranker (and the reranker when a +rerank system is wanted)."""
+def train_run(system: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``python train.py`` (a subprocess) for one tower run (``TOWER_RUNS``) into its run dir;
+    the BERT run also trains the ranker (and the reranker when a +rerank system is wanted),
+    the graph run (``tower.graph=true``) only its towers."""
+    attr, tower, extra = TOWER_RUNS[system]
     bert = tower == "bert"
-    run_dir = args.artifacts_bert if bert else args.artifacts_id
+    run_dir = getattr(args, attr)
     rerank = bool({"two_tower_bert+rerank", "ranker+rerank"} & set(args.systems))
-    stage = ("all" if rerank else "towers+ranker") if bert else "towers"
+    stage = (("all" if rerank else "towers+ranker") if system == "two_tower_bert"
+             else "towers")
     argv = [f"data={args.data}", f"seed={args.seed}", f"run_name={run_dir.name}",
             f"artifacts_dir={run_dir.parent}", f"tower={'tiny' if bert and args.quick else tower}",
-            f"stage={stage}", f"cache_dir={args.cache_dir}", *args.overrides]
+            f"stage={stage}", f"cache_dir={args.cache_dir}", *extra, *args.overrides]
     if args.quick and bert:
         argv += QUICK_TRAIN + QUICK_RERANK + QUICK_RANKER + [
             f"rerank.model_path={run_dir.parent / '_tiny_bert'}"]
@@ -258,17 +279,18 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     check_artifacts(args)
     memory, trained = StepMemory(), {}
     wanted = set(args.systems)
-    for tower, wants in (("id", "two_tower_id" in wanted), ("bert", bool(wanted - {
-            "two_tower_id"}))):
+    runs = {"two_tower_id": "two_tower_id" in wanted, "two_tower_bert": bool(wanted - OWN_RUN),
+            "two_tower_bert_graph": "two_tower_bert_graph" in wanted}
+    for system, wants in runs.items():
         if args.train and wants:
-            with memory.measure(f"train {tower} run"):
-                trained[f"two_tower_{tower}"] = train_run(tower, args)
+            with memory.measure(f"train {system} run"):
+                trained[system] = train_run(system, args)
     with memory.measure("load + split"):
         data_cfg = compose_data_config(args)
         split = split_dataset(load_dataset(data_cfg["source"], **data_cfg["options"]),
                               **data_cfg["split"])
     for name, path in required_artifacts(args).items():
-        if name in ("two_tower_id", "two_tower_bert") and path.exists():
+        if name in TOWER_RUNS and path.exists():
             check_split(path.parent.parent, split.fingerprint)
     item_ids = split.catalogue["item_id"].astype(str).tolist()
     item_index = {i: n for n, i in enumerate(item_ids)}
@@ -283,11 +305,12 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     for name in args.systems:
         try:
             with memory.measure(f"eval {name}"):
-                run_dir = args.artifacts_id if name == "two_tower_id" else args.artifacts_bert
+                run_dir = getattr(args, TOWER_RUNS[name][0] if name in OWN_RUN
+                                  else "artifacts_bert")
                 rerank = name.endswith("+rerank")
                 key = f"{run_dir}:{rerank}"
                 if key not in recs:
-                    recs[key] = _recommender(run_dir, rerank, ranking=name != "two_tower_id")
+                    recs[key] = _recommender(run_dir, rerank, ranking=name not in OWN_RUN)
                 rec = recs[key]
                 if name in SOURCE_OF:
                     systems[name] = {"status": "ok", **evaluate(
@@ -323,9 +346,10 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                   "ranker_items_held_out": len(split.ranker_items),
                   "long_tail_items": len(split.long_tail), "fingerprint": split.fingerprint,
                   "variant_rows": {k: len(v) for k, v in variants.items()}},
-        "training": {name: training_info(path, trained.get(name)) for name, path in
-                     (("two_tower_id", args.artifacts_id), ("two_tower_bert", args.artifacts_bert))
-                     if (path / "towers").exists()},
+        "training": {name: training_info(getattr(args, attr), trained.get(name))
+                     for name, (attr, _, _) in TOWER_RUNS.items()
+                     if (runs[name] or name not in OWN_RUN - {"two_tower_id"})
+                     and (getattr(args, attr) / "towers").exists()},
     }
     if bert_rec is not None and bert_rec.ranking_parts is not None:
         with memory.measure("candidate recall"):

@@ -94,6 +94,21 @@ class CatalogueState:
         return CatalogueState.from_frame(self.frame.loc[~self.frame["item_id"].isin(drop)])
 
 
+def new_item_fields(
+    items: Sequence[Mapping[str, Any]] | pd.DataFrame, source: str = "new items",
+    loc: tuple[str | int, ...] = ("items",),
+) -> pd.DataFrame:
+    """Validate new items with the one item schema (``engine.items.parse_items``) -> their
+    fields (ITEM_KEYS columns, attributes included; ``created_ts`` now where missing)."""
+    if isinstance(items, pd.DataFrame):
+        items = [{k: plain_value(v) for k, v in row.items() if plain_value(v) is not None}
+                 for row in items.to_dict("records")]
+    parsed = parse_items(items, source, loc=loc)
+    frame = pd.DataFrame(parsed).reindex(columns=list(ITEM_KEYS))
+    frame["created_ts"] = pd.to_numeric(frame["created_ts"]).fillna(int(time.time()))
+    return frame
+
+
 def new_catalogue_rows(
     items: Sequence[Mapping[str, Any]] | pd.DataFrame, source: str = "new items",
     loc: tuple[str | int, ...] = ("items",),
@@ -101,11 +116,10 @@ def new_catalogue_rows(
     """Validate new items with the one item schema (``engine.items.parse_items``) ->
     catalogue.parquet rows with their text, popularity 0, segment ``new`` and ``created_ts``
     now where missing."""
-    if isinstance(items, pd.DataFrame):
-        items = [{k: plain_value(v) for k, v in row.items() if plain_value(v) is not None}
-                 for row in items.to_dict("records")]
-    parsed = parse_items(items, source, loc=loc)
-    frame = pd.DataFrame(parsed).reindex(columns=list(ITEM_KEYS))
-    frame["created_ts"] = pd.to_numeric(frame["created_ts"]).fillna(int(time.time()))
+    return catalogue_rows_of(new_item_fields(items, source, loc))
+
+
+def catalogue_rows_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """catalogue.parquet rows of validated new item fields (:func:`new_item_fields`)."""
     texts = catalogue_texts(frame)
     return catalogue_frame(frame, texts, [0] * len(frame), ["new"] * len(frame))

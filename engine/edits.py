@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from engine.catalogue import new_catalogue_rows
+from engine.catalogue import catalogue_rows_of, new_item_fields
 from engine.errors import (
     ArtifactsError,
     CatalogueError,
@@ -58,16 +58,19 @@ class NewItems:
     """Validated new items and their vectors, computed before any lock is taken."""
 
     rows: pd.DataFrame  # catalogue.parquet rows
-    item_emb: np.ndarray  # (n, dim) towers' text-only vectors
+    item_emb: np.ndarray  # (n, dim) towers' vectors (text, + the entity part with a graph)
     zero_shot_emb: np.ndarray | None  # (n, d_text) zero-shot vectors, when the run has them
+    links: list | None = None  # per item its (relation, entity) links, with a graph tower
 
 
 def prepare_rows(rec: Recommender, items: Sequence[Mapping[str, Any]] | pd.DataFrame | None,
                  source: str, loc: tuple[str | int, ...] = ("items",)) -> NewItems | None:
-    """Validate new items (the item schema) and embed them from their text alone."""
+    """Validate new items (the item schema) and embed them from their text (with a graph
+    tower, plus the entity part of the known entities their fields name, as in training)."""
     if items is None:
         return None
-    rows = new_catalogue_rows(items, source=source, loc=loc)
+    fields = new_item_fields(items, source=source, loc=loc)
+    rows = catalogue_rows_of(fields)
     if not rec.encoder.supports_text:
         raise CatalogueError("this run's item tower is ID-only (tower=id): it cannot embed "
                              "new items from text; retrain with a text tower to add items")
@@ -75,7 +78,11 @@ def prepare_rows(rec: Recommender, items: Sequence[Mapping[str, Any]] | pd.DataF
     parts = getattr(rec, "ranking_parts", None)
     zero_shot_emb = (parts.encoder.item_vectors(rows["item_id"].tolist(), texts)
                      if parts is not None else None)
-    return NewItems(rows, rec.encoder.item_emb(texts), zero_shot_emb)
+    graph = getattr(rec, "graph", None)
+    if graph is None:
+        return NewItems(rows, rec.encoder.item_emb(texts), zero_shot_emb)
+    links = graph.links_for(fields)
+    return NewItems(rows, rec.encoder.item_emb(texts, links), zero_shot_emb, links)
 
 
 def apply_edit(rec: Recommender, new: NewItems | None, remove: list[str], upsert: bool
@@ -99,6 +106,9 @@ def apply_edit(rec: Recommender, new: NewItems | None, remove: list[str], upsert
             raise DuplicateItemError(f"{len(present)} item id(s) already in the catalogue: "
                                      f"{present[:5]}; remove them first, or add with upsert "
                                      "(?upsert=true, upsert=true) to replace their fields")
+        # texts of items whose vectors change: pinned session vectors of the old ones go
+        replaced = [i for i in [*remove, *ids] if i in state]
+        old_texts = state.texts[state.rows(replaced)].tolist() if replaced else []
         if remove:
             state = state.without(remove)
             indexed = [i for i in remove if i in rec.index]
@@ -114,6 +124,10 @@ def apply_edit(rec: Recommender, new: NewItems | None, remove: list[str], upsert
             if parts is not None and new.zero_shot_emb is not None:
                 parts.zero_shot.add(new.zero_shot_emb, ids, upsert=upsert)
         rec._state = state
+        if getattr(rec, "graph", None) is not None:
+            rec._graph_drop(replaced, old_texts)
+            if new is not None:
+                rec._graph_add(rows, new.item_emb, new.links)
     return ids, len(remove)
 
 

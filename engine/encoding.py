@@ -54,7 +54,32 @@ class SessionEncoder:
         self.max_tokens = max_tokens(model)
         self._text_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
+        # live-added items' texts (keyed like the cache) -> the vector the index holds
+        self._pinned: dict[bytes, torch.Tensor] = {}
         self._cache_lock = threading.Lock()
+
+    def _key(self, text: str) -> bytes:
+        """The cache key of a text: the hash of the text capped at the tokenizer's limit."""
+        capped = cap_text(text, self.max_tokens)
+        return hashlib.blake2b(capped.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def pin(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Use ``vectors`` (n, dim) for these item texts from now on: a live-added item in a
+        session then reads exactly the vector the index holds for it (with a graph tower that
+        includes its entity part, which its text alone does not give). Pinned vectors are
+        keyed like the cache (hash of the capped text) and never evicted; ``unpin`` drops
+        them."""
+        device = self.model.device
+        with self._cache_lock:
+            pinned = dict(self._pinned)
+            for text, vec in zip(texts, np.asarray(vectors, dtype=np.float32)):
+                pinned[self._key(text)] = torch.from_numpy(vec.copy()).to(device)
+            self._pinned = pinned
+
+    def unpin(self, texts: Sequence[str]) -> None:
+        gone = {self._key(t) for t in texts}
+        with self._cache_lock:
+            self._pinned = {k: v for k, v in self._pinned.items() if k not in gone}
 
     @property
     def max_seq_len(self) -> int:
@@ -85,6 +110,7 @@ class SessionEncoder:
             found = {k: self._text_cache[k] for k in keys if k in self._text_cache}
             for key in found:
                 self._text_cache.move_to_end(key)
+            found.update({k: self._pinned[k] for k in keys if k in self._pinned})
         missing = {k: t for k, t in zip(keys, capped) if k not in found}
         if missing:
             fresh = self.model.item_tower.encode_texts(list(missing.values())).to(device)
@@ -100,11 +126,17 @@ class SessionEncoder:
                     self._cached_bytes -= self._entry_bytes(old)
         return torch.stack([found[k] for k in keys])
 
-    def item_emb(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors (n, dim) float32 of new items from their text alone (capped like queries;
-        not cached: an added item's vector goes into the index)."""
+    def item_emb(self, texts: Sequence[str],
+                 links: Sequence[list[tuple[str, str]]] | None = None) -> np.ndarray:
+        """Vectors (n, dim) float32 of new items from their text (capped like queries; not
+        cached: an added item's vector goes into the index) and, with a graph tower, their
+        ``links`` ((relation, entity) pairs per item)."""
         capped = [cap_text(t, self.max_tokens) for t in texts]
-        return self.model.item_emb_from_texts(capped)
+        return self.model.item_emb_from_texts(capped, links)
+
+    def unpin_all(self) -> None:
+        with self._cache_lock:
+            self._pinned = {}
 
     @torch.inference_mode()
     def encode(
@@ -137,12 +169,14 @@ def encode_catalogue(
     item_texts: Sequence[str],
     batch_size: int = 256,
     progress: bool = True,
+    links: Sequence[list[tuple[str, str]]] | None = None,
 ) -> np.ndarray:
     """Item vectors (n, dim) float32 for the catalogue, in the order of ``item_ids``.
 
     Items the towers were trained on come from the item tower's table (the frozen-encoder
     vectors saved with the towers, through the adapter and ID part: no BERT pass); items added
-    later are encoded from ``item_texts`` alone (``TwoTowerModel.item_emb_from_texts``).
+    later are encoded from ``item_texts`` alone (``TwoTowerModel.item_emb_from_texts``), plus,
+    with a graph tower, their ``links`` (per item, (relation, entity) pairs; used for those only).
     """
     if len(item_ids) != len(item_texts):
         raise ValueError(f"item_ids ({len(item_ids)}) and item_texts ({len(item_texts)}) must "
@@ -162,5 +196,7 @@ def encode_catalogue(
             idx = torch.from_numpy(known[rows]).to(model.device)
             out[rows] = model.item_tower.item_emb(idx, from_table=True).float().cpu().numpy()
         else:
-            out[rows] = model.item_emb_from_texts([item_texts[r] for r in rows])
+            out[rows] = model.item_emb_from_texts(
+                [item_texts[r] for r in rows],
+                [links[r] for r in rows] if links is not None else None)
     return out

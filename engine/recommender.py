@@ -45,12 +45,14 @@ from engine.explain import (
     signal_of_each,
     signal_reason,
 )
+from engine.graph import GraphExplainer
 from engine.ranking import TextVectors, build_pipeline, session_batch
 from engine.resolve import ResolvedSession, resolve_session
 from engine.session import Session, parse_session
 from index import CatalogueIndex
 from ranking import FEATURES, SIGNAL_OF, RankedSession
 from recdata.splits import user_segment
+from recdata.text import item_text
 from rerank import Reranker, RerankPolicy
 from towers import TwoTowerModel
 
@@ -112,6 +114,9 @@ class Recommender:
         self._text_vectors = (TextVectors(ranking.encoder.encode) if ranking is not None
                               else None)
         self.pipeline = build_pipeline(index, ranking, scorer, self._text_vectors, candidates)
+        self.graph = GraphExplainer.from_model(model)
+        self._graph_live: dict[str, str] = {}  # live-added item id -> its pinned text
+        self._graph_sync()
         orphans = [i for i in index.ids if i not in self._state]
         if orphans:
             log.warning("%d indexed item(s) are not in the catalogue (e.g. %s); they are never "
@@ -166,6 +171,7 @@ class Recommender:
                 ranking.zero_shot_meta = dict(parts["zeroshot"].meta)
             self.pipeline = build_pipeline(self.index, ranking, self.scorer_name,
                                            self._text_vectors, self.candidates)
+            self._graph_sync()
 
     def state_values(self) -> dict[str, Any]:
         """What a commit of this Recommender's serving state writes (engine.state parts)."""
@@ -271,7 +277,7 @@ class Recommender:
         start = time.perf_counter()
         resolved = self.resolve(sessions, k)
         active = [r for r in resolved if r.events]
-        ranked, _, state, event_embs, stages = self.rank_resolved(active, repeats)
+        ranked, user_emb, state, event_embs, stages = self.rank_resolved(active, repeats)
         share = {name: _ms(seconds / max(1, len(resolved))) for name, seconds in stages.items()}
         resolve_ms = _ms((time.perf_counter() - start - sum(stages.values()))
                          / max(1, len(resolved)))
@@ -280,7 +286,8 @@ class Recommender:
             own = time.perf_counter()
             if r.events:
                 result = self._rank(r, ranked[row], event_embs[row], state,
-                                    self.rerank if rerank is None else bool(rerank))
+                                    self.rerank if rerank is None else bool(rerank),
+                                    user_emb[row])
                 row += 1
             else:
                 result = self._fallback(r, state)
@@ -327,7 +334,8 @@ class Recommender:
                 "rerank_ms": _ms(time.perf_counter() - rerank_start)}
 
     def _rank(self, r: ResolvedSession, ranked: RankedSession, event_emb: np.ndarray,
-              state: CatalogueState, use_rerank: bool) -> dict:
+              state: CatalogueState, use_rerank: bool,
+              user_emb: np.ndarray | None = None) -> dict:
         cand = self.rerank_candidates(r, ranked, state, use_rerank)
         rows, final, features = cand["rows"], cand["final"], cand["features"]
         rerank_scores, reranked = cand["rerank_scores"], cand["reranked"]
@@ -337,6 +345,9 @@ class Recommender:
                                 reranked and not np.isnan(rerank_scores[order]).all())
         reasons = self._reasons(r, rows[order], cand["vectors"][order], signals, event_emb,
                                 state)
+        if self.graph is not None and user_emb is not None and len(order):
+            reasons = self._graph_reasons(r, state, rows[order], retrieval, order, user_emb,
+                                          reasons)
         sources = {name: cand["ranks"][name][order] for name in SOURCES_REPORTED
                    if name in cand["ranks"]}
         items = [{"rank": rank, "item_id": str(state.ids[row]), "title": str(state.titles[row]),
@@ -493,6 +504,61 @@ class Recommender:
         self._rebuild_bm25(self._state)
         log.info("removed %d item(s)", removed)
         return removed
+
+    # ---- the item knowledge graph (engine.graph) -----------------------------------------
+    def _graph_reasons(self, r: ResolvedSession, state: CatalogueState, shown: np.ndarray,
+                       retrieval: np.ndarray, order: np.ndarray, user_emb: np.ndarray,
+                       reasons: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The graph's phrase for shown items the towers decided (signal ``towers``) whose
+        towers score, without their entity part, falls below the (k+1)-th best towers score
+        of the session's candidates; other reasons are kept."""
+        assert self.graph is not None
+        towers = np.where(np.isnan(retrieval), -np.inf, retrieval)  # (N,)
+        ranked = np.sort(towers)[::-1]
+        threshold = float(ranked[r.k]) if len(ranked) > r.k else float("-inf")
+        session_items = [(i, t, r.titles.get(i, i)) for i, t in zip(r.hist_items, r.hist_types)
+                         if i is not None and not i.startswith("inline:")]
+        ids = [str(state.ids[j]) for j in shown]
+        graph = self.graph.reasons(user_emb, ids, towers[order], threshold, session_items)
+        return [(signal, g) if g and signal == "towers" and np.isfinite(towers[j])
+                else (signal, reason)
+                for (signal, reason), g, j in zip(reasons, graph, order)]
+
+    def _graph_sync(self) -> None:
+        """Register the state's live-added items (indexed, not in the towers) with the graph
+        explainer and pin the vectors the index holds for them (at load and after a reload)."""
+        if self.graph is None:
+            return
+        self.graph.remove(list(self._graph_live))
+        self._graph_live = {}
+        self.encoder.unpin_all()
+        frame = self._state.frame
+        added = frame.loc[~frame["item_id"].isin(self.model.item_index)
+                          & frame["item_id"].isin(self.index.ids)]
+        if len(added):  # their links from the catalogue fields, their vectors from the index
+            self._graph_add(added, self.index.vectors_of(added["item_id"].tolist()))
+
+    def _graph_add(self, rows: pd.DataFrame, item_emb: np.ndarray,
+                   links: list | None = None) -> None:
+        """Register live-added items with the graph explainer, and pin their indexed vectors
+        for sessions that name them (their text alone lacks the entity part)."""
+        assert self.graph is not None
+        links = links if links is not None else self.graph.links_for(rows)
+        ids = rows["item_id"].astype(str).tolist()
+        texts = rows["text"].astype(str).tolist()
+        self.graph.add(ids, texts, links)
+        pinned = [item_text({"title": t}) for t in texts]
+        self.encoder.pin(pinned, item_emb)
+        self._graph_live.update(zip(ids, pinned))
+
+    def _graph_drop(self, item_ids: Sequence[str], texts: Sequence[str]) -> None:
+        """Items removed or replaced: out of the graph explainer, their texts unpinned."""
+        if self.graph is None or not item_ids:
+            return
+        self.graph.remove(list(item_ids))
+        self.encoder.unpin([item_text({"title": t}) for t in texts])
+        for i in item_ids:
+            self._graph_live.pop(i, None)
 
     def save(self) -> None:
         """Commit the in-memory serving state as a new generation; refused when another writer

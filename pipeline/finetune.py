@@ -84,16 +84,23 @@ def fine_tune(model: Any, examples: RefreshExamples, catalogue: pd.DataFrame, *,
 
 
 def catalogue_vectors(model: Any, item_ids: Sequence[str], item_texts: Sequence[str],
-                      ) -> tuple[np.ndarray, int]:
-    """(vectors (n, dim) float32 in ``item_ids`` order, how many items went through BERT)."""
+                      catalogue: pd.DataFrame | None = None) -> tuple[np.ndarray, int]:
+    """(vectors (n, dim) float32 in ``item_ids`` order, how many items went through BERT).
+    ``catalogue`` (rows in ``item_ids`` order): with a graph tower, the fields that give items
+    added or changed since training their entity links."""
     from engine.encoding import encode_catalogue
+    from engine.graph import catalogue_links
 
-    vectors = encode_catalogue(model, item_ids, item_texts, progress=False)
     table_texts = getattr(model.item_tower, "item_texts", None) or []
     changed = [n for n, (item_id, text) in enumerate(zip(item_ids, item_texts))
                if item_id in model.item_index and model.item_index[item_id] < len(table_texts)
                and table_texts[model.item_index[item_id]] != text]
+    links = (catalogue_links(model, catalogue, [item_ids[n] for n in changed])
+             if catalogue is not None else None)
+    vectors = encode_catalogue(model, item_ids, item_texts, progress=False, links=links)
     if changed:  # text replaced since training: the table's BERT vector is stale
-        vectors[changed] = model.item_emb_from_texts([item_texts[n] for n in changed])
+        vectors[changed] = model.item_emb_from_texts(
+            [item_texts[n] for n in changed],
+            [links[n] for n in changed] if links is not None else None)
     from_text = sum(1 for i in item_ids if i not in model.item_index) + len(changed)
     return vectors, from_text

@@ -28,6 +28,7 @@ def build(paths: ArtifactPaths, index_kwargs: dict[str, Any], batch_size: int = 
     and committed only if no other writer changed the state meanwhile (else
     ``storage.StaleGenerationError``, one line: run it again)."""
     from engine.encoding import encode_catalogue
+    from engine.graph import catalogue_links
     from engine.loading import load_model, resolve_device
     from engine.state import load_state, run_stamp, state_store
     from index import CatalogueIndex
@@ -39,8 +40,9 @@ def build(paths: ArtifactPaths, index_kwargs: dict[str, Any], batch_size: int = 
     catalogue = parts["catalogue"]
     model = load_model(paths, resolve_device(index_kwargs.get("use_gpu")))
     item_ids = catalogue["item_id"].tolist()
+    links = catalogue_links(model, catalogue)  # graph towers: items added since training
     item_emb = encode_catalogue(model, item_ids, catalogue["text"].tolist(), batch_size,
-                                progress)  # (n_items, dim)
+                                progress, links)  # (n_items, dim)
     has_vector = np.abs(item_emb).sum(axis=1) > 0
     if not has_vector.all():  # an ID-only tower has no vector for items it never trained on
         log.warning("%d of %d items have no vector from these towers (ID-only towers cannot "

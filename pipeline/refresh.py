@@ -126,7 +126,7 @@ def refresh(root: str | Path, settings: RefreshSettings | None = None) -> dict[s
                         exclude_unseen=bool(train.get("exclude_unseen_negatives", True)),
                         seed=settings.seed)
     ids = catalogue["item_id"].tolist()
-    vectors, from_text = catalogue_vectors(model, ids, catalogue["text"].tolist())
+    vectors, from_text = catalogue_vectors(model, ids, catalogue["text"].tolist(), catalogue)
     manifest = paths.index_manifest()
     index = CatalogueIndex.build(vectors, ids, kind=manifest.get("kind", "flat"),
                                  **(manifest.get("params") or {}))

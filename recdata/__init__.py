@@ -40,9 +40,9 @@ def load_dataset(source: str, **options: Any) -> Dataset:
     """Load one source by name; ``options`` are that loader's keyword arguments.
 
     synthetic: n_items, n_users, seed, ...; amazon_unisrec: root, name; movielens: root,
-    min_rating; files: catalogue, events, name, tags. Any source without a fixed split also
-    takes ``event_log`` (a service's event log, ``artifacts/<run>/events``): its events are
-    added.
+    min_rating; files: catalogue, events, name, tags, relations (both optional). Any source
+    without a fixed split also takes ``event_log`` (a service's event log,
+    ``artifacts/<run>/events``): its events are added.
     """
     event_log = options.pop("event_log", None)
     dataset = _load_source(source, **options)
@@ -65,8 +65,10 @@ def _load_source(source: str, **options: Any) -> Dataset:
     if source == "movielens":
         return loaders.load_movielens(resolve_path(options.pop("root")), **options)
     if source == "files":
-        tags = options.pop("tags", None)
+        tags, relations = options.pop("tags", None), options.pop("relations", None)
         return loaders.load_files(resolve_path(options.pop("catalogue")),
                                   resolve_path(options.pop("events")),
-                                  tags=resolve_path(tags) if tags else None, **options)
+                                  tags=resolve_path(tags) if tags else None,
+                                  relations=resolve_path(relations) if relations else None,
+                                  **options)
     raise DataError(f"data.source must be one of {list(SOURCES)}, got {source!r}")

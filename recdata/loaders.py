@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,69 @@ def _split_amazon_text(text: str) -> dict[str, object]:
     return {"title": text.strip(), "category": None, "brand": None}
 
 
+def _category_root(categories: list[str]) -> str | None:
+    """The longest word prefix shared by at least half of the non-empty category paths (the
+    top-level category, e.g. 'Industrial & Scientific'), or None."""
+    paths = [c.split() for c in categories if c]
+    root: list[str] = []
+    while paths:
+        counts = pd.Series([" ".join(p[: len(root) + 1]) for p in paths if len(p) > len(root)])
+        if counts.empty:
+            break
+        top, n = counts.value_counts().index[0], int(counts.value_counts().iloc[0])
+        if n * 2 < len(paths) or len(top.split()) <= len(root):
+            break
+        root = top.split()
+    return " ".join(root) or None
+
+
+def _norm(value: object) -> str:
+    return " ".join(str(value or "").split())
+
+
+def parse_amazon_texts(texts: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Title, category and brand of UniSRec 'title. categories. brand.' texts, and how many parsed.
+
+    Titles and brands may contain '. ' ('Mr. Heater', '10.1 Oz. Tube'), so the category is found
+    by its top-level name (the prefix most paths share), not by position: 'title. <root> ....
+    brand.'; an empty category reads 'title. . brand.'. Texts matching neither are split on
+    their last two '. ' (counted as ``text_fallback_split``)."""
+    naive = [_split_amazon_text(t) for t in texts]
+    root = _category_root([str(f["category"] or "") for f in naive])
+    pattern = re.compile(rf"^(.*?)\. ({re.escape(root)}(?: [^.]*)?)\.(?: (.*))?$" if root
+                         else r"^$", re.S)
+    rows, counts = [], {"with_category_root": 0, "empty_category": 0, "fallback": 0}
+    for text, fallback in zip(texts, naive):
+        clean = " ".join(text.split())
+        match = pattern.match(clean)
+        if match:
+            title, category, brand = match.group(1), match.group(2), match.group(3) or ""
+            counts["with_category_root"] += 1
+        elif ". . " in clean + " ":
+            title, _, brand = clean.partition(". . ")
+            category = ""
+            counts["empty_category"] += 1
+        else:
+            rows.append(fallback)
+            counts["fallback"] += 1
+            continue
+        brand = brand.strip().rstrip(".").strip()
+        rows.append({"title": title.strip() or clean, "category": category.strip() or None,
+                     "brand": brand or None})
+    frame = pd.DataFrame(rows, columns=["title", "category", "brand"], dtype=object)
+    frame = frame.astype(object).where(frame.notna(), None)
+    report = {"text_items": len(texts), "text_parsed_with_category": counts["with_category_root"],
+              "text_parsed_empty_category": counts["empty_category"],
+              "text_fallback_split": counts["fallback"],
+              "text_with_brand": int(frame["brand"].notna().sum()),
+              "text_changed_from_last_two_split": int(sum(
+                  [_norm(r[k]) for k in ("title", "category", "brand")]
+                  != [_norm(f[k]) for k in ("title", "category", "brand")]
+                  for r, f in zip(rows, naive)))}
+    log.info("amazon text: root %r; %s", root, report)
+    return frame, report
+
+
 def load_amazon_unisrec(root: str | Path, name: str = "Scientific") -> Dataset:
     """Load a UniSRec-processed Amazon category and keep its leave-one-out split exactly.
 
@@ -99,8 +163,8 @@ def load_amazon_unisrec(root: str | Path, name: str = "Scientific") -> Dataset:
     if list(text.columns[:2]) != ["item_id:token", "text:token_seq"]:
         raise DataError(f"{paths['.text']} line 1: expected header "
                         f"'item_id:token<TAB>text:token_seq', got {list(text.columns)}")
-    fields = [_split_amazon_text(t) for t in text["text:token_seq"]]
-    catalogue = pd.DataFrame({"item_id": text["item_id:token"], **pd.DataFrame(fields)})
+    fields, parse_report = parse_amazon_texts(text["text:token_seq"].tolist())
+    catalogue = pd.DataFrame({"item_id": text["item_id:token"], **fields})
     catalogue = validate_catalogue(catalogue, str(paths[".text"]))
 
     frames = {s: _read_inter(paths[f".{s}.inter"]) for s in ("train", "valid", "test")}
@@ -144,7 +208,7 @@ def load_amazon_unisrec(root: str | Path, name: str = "Scientific") -> Dataset:
             "target": frame["target"].map(lambda i: item_of[str(i)]),
         })
     return Dataset(name=f"amazon_{name.lower()}", catalogue=catalogue, events=events_df,
-                   predefined=predefined, report=report)
+                   predefined=predefined, report={**report, **parse_report})
 
 
 def load_movielens(root: str | Path, min_rating: float = 0.0) -> Dataset:
@@ -213,6 +277,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.DataFrame(rows)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; expected a header row and data") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: could not parse as {suffix[1:]}: {err}") from None
     raise DataError(f"{path}: unsupported extension {suffix!r}; expected .csv, .jsonl or "
@@ -220,14 +286,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def load_files(catalogue: str | Path, events: str | Path, name: str = "files",
-               tags: str | Path | None = None) -> Dataset:
-    """Load the user's own catalogue and events files (README "Contracts"), and optionally a
+               tags: str | Path | None = None, relations: str | Path | None = None
+               ) -> Dataset:
+    """Load the user's own catalogue and events files (README "Contracts"), optionally a
     time-stamped tags file (``item_id, tag, ts[, user_id]``) that the split folds into item
-    text up to the training cut only."""
+    text up to the training cut only, and a relations file (``item_id, relation, entity``: the
+    item knowledge graph, recdata.graph)."""
     cat = validate_catalogue(read_table(catalogue), str(catalogue))
     if cat["attributes"].map(lambda a: isinstance(a, str)).any():
         cat["attributes"] = cat["attributes"].map(
             lambda a: json.loads(a) if isinstance(a, str) and a.startswith("{") else a)
     ev, report = validate_events(read_table(events), str(events), cat["item_id"])
     item_tags = validate_tags(read_table(tags), str(tags), cat["item_id"]) if tags else None
-    return Dataset(name=name, catalogue=cat, events=ev, report=report, item_tags=item_tags)
+    triples = None
+    if relations is not None and str(relations).strip():
+        from recdata.graph import read_relations
+
+        triples, relations_report = read_relations(relations, cat["item_id"])
+        report = {**report, **relations_report}
+    return Dataset(name=name, catalogue=cat, events=ev, report=report, item_tags=item_tags,
+                   relations=triples)

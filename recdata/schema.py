@@ -61,6 +61,8 @@ class Dataset:
     events: pd.DataFrame
     predefined: dict[str, pd.DataFrame] | None = None
     report: dict[str, int] = field(default_factory=dict)  # what validation counted / dropped
+    # item -> relation -> entity links from a relations file (recdata.graph.read_relations)
+    relations: pd.DataFrame | None = None
     item_tags: pd.DataFrame | None = None
 
 
@@ -84,6 +86,7 @@ class SplitData:
     earliest validation/test target's ``ts``. ``fingerprint``: a hash of the data (catalogue ids,
     events), the split settings, the seed and the held-out item set: artifacts record it, and
     whatever evaluates artifacts refuses ones made on another split.
+    ``relations``: the dataset's relations-file triples, if any (catalogue content, not events).
     ``ranker_items``: a second seeded share kept out of the towers' training (not out of
     validation); ``ranker_train``: the training-period rows whose target is one of them, for
     the ranking stage (see ``recdata.splits.split_dataset``).
@@ -98,6 +101,7 @@ class SplitData:
     new_items: frozenset[str]
     long_tail: frozenset[str]
     protocol: str = "loo"
+    relations: pd.DataFrame | None = None  # Dataset.relations (item_id, relation, entity)
     item_tags: pd.DataFrame | None = None
     cut_ts: int | None = None
     fingerprint: str = ""

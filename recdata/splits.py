@@ -260,6 +260,7 @@ def split_dataset(
         valid=label_segments(valid_df, popularity, head, new_items),
         test=label_segments(test_df, popularity, head, new_items),
         item_popularity=popularity, new_items=new_items, long_tail=long_tail, protocol=protocol,
+        relations=dataset.relations,
         item_tags=tags, cut_ts=None if cut_ts is None else int(cut_ts),
         fingerprint=split_fingerprint(dataset, settings, unseen_by_towers),
         ranker_items=ranker_items,

@@ -197,7 +197,7 @@ def test_quick_run_writes_the_full_report(tmp_path: Path) -> None:
                  "synthetic_latency.png", "synthetic_ann_recall_qps.png"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "synthetic.json").read_text())
-    assert set(report["systems"]) == set(bench_run.SYSTEMS)
+    assert set(report["systems"]) == set(bench_run.DEFAULT_SYSTEMS)
     for name, system in report["systems"].items():
         assert system["status"] == "ok", (name, system.get("reason"))
         for view in ("masked", "unmasked"):
@@ -304,3 +304,22 @@ def test_benchmark_runs_on_a_shops_own_files(tmp_path: Path) -> None:
     assert report["dataset"] == "files" and report["split"]["items"] == 120
     assert {s["status"] for s in report["systems"].values()} == {"ok"}
     assert report["data_config"]["options"]["catalogue"].endswith("catalogue.csv")
+
+
+def test_quick_run_with_the_graph_towers_reports_them_and_their_goals(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    code = bench_run.main(["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                           "--systems", "zero_shot,two_tower_bert,two_tower_bert_graph",
+                           "--name", "graph_synthetic", "--latency-sessions", "5"])
+    assert code == 0
+    report = json.loads((out / "graph_synthetic.json").read_text())
+    graph = report["systems"]["two_tower_bert_graph"]
+    assert graph["status"] == "ok", graph.get("reason")
+    assert set(METRICS) <= set(graph["masked"]["overall"])
+    assert "tower.graph=true" in report["training"]["two_tower_bert_graph"]["command"]
+    run = Path(report["training"]["two_tower_bert_graph"]["artifacts"])
+    assert (run / "towers" / "item_tower" / "item_graph.json").exists()
+    goals = {g["goal"]: g for g in report["goals"] if g["goal"].startswith("graph:")}
+    assert len(goals) == 3  # tiny data: a ratio over a zero figure reads "not measured"
+    assert goals["graph: overall R@10 and N@10 / two_tower_bert"]["measured"].startswith("R@10 ")
+    assert "two_tower_bert_graph" in (out / "graph_synthetic.md").read_text()

@@ -114,9 +114,11 @@ def test_3_an_api_key_variable_without_a_usable_key_refuses_to_start(
 
 
 def test_3_no_keys_needs_an_explicit_no_auth_which_is_logged(
-        rec: Recommender, tiny_artifacts: Path, monkeypatch: pytest.MonkeyPatch,
+        rec: Recommender, artifacts_copy: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     import uvicorn
+
+    tiny_artifacts = artifacts_copy  # a started service opens its event log in the run dir
 
     monkeypatch.delenv("FIRSTCLICK_API_KEYS", raising=False)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)

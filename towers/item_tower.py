@@ -46,6 +46,7 @@ from towers.bert import (
 )
 from towers.encoder_cache import encode_cached, model_fingerprint, update_tensor_digest
 from towers.errors import TowerError
+from towers.graph import EntityEncoder, build_entity_encoder, graph_explanation
 from towers.heads import ResidualAdapter, n_items_from, warm_mask
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ ITEM_TOWER_MODES: tuple[str, ...] = ("frozen", "top_layers", "lora", "full")
 
 
 class ItemTower(nn.Module):
-    """BERT text vector -> residual adapter (+ ID embedding) -> L2-normalised item vector."""
+    """BERT text vector -> residual adapter (+ ID embedding) (+ entity part) -> L2-normalised
+    item vector. ``graph=True`` adds :class:`towers.graph.EntityEncoder` over ``item_graph``
+    (``recdata.graph.GraphArrays`` of the catalogue, or a dict with the same fields)."""
 
     supports_text = True
 
@@ -79,6 +82,10 @@ class ItemTower(nn.Module):
         max_seq_length: int | None = None,
         encode_batch_size: int = 64,
         show_progress: bool = True,
+        graph: bool = False,
+        graph_agg: str = "mean",
+        item_graph: Any = None,
+        graph_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if mode not in ITEM_TOWER_MODES:
@@ -97,7 +104,8 @@ class ItemTower(nn.Module):
             "output_dim": output_dim, "adapter_hidden": adapter_hidden, "id_dim": id_dim,
             "id_dropout": id_dropout, "text_dropout": text_dropout, "top_layers": top_layers,
             "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-            "max_seq_length": max_seq_length, "encode_batch_size": encode_batch_size}
+            "max_seq_length": max_seq_length, "encode_batch_size": encode_batch_size,
+            "graph": bool(graph), "graph_agg": graph_agg, "graph_spec": dict(graph_spec or {})}
         self.bert = load_sentence_model(model_path, max_seq_length=max_seq_length)
         self.d_text = text_dim(self.bert)
         self.dim = int(output_dim or self.d_text)
@@ -117,6 +125,11 @@ class ItemTower(nn.Module):
         self.item_texts, self.query_texts = texts, []
         if texts is not None:  # before LoRA wraps BERT, so the cache is shared with frozen runs
             self.base_item_emb.copy_(self._encode_base(texts, use_cache=True))
+        self.graph: EntityEncoder | None = None
+        if graph:
+            self.graph = build_entity_encoder(
+                item_graph, graph_agg, self.n_items, self.d_text, self.dim,
+                encode=(lambda names: self._encode_base(names, use_cache=True)) if texts else None)
         self._configure_trainable(top_layers, lora_r, lora_alpha, lora_dropout)
         if query_texts:
             self.set_query_texts(query_texts)
@@ -208,11 +221,18 @@ class ItemTower(nn.Module):
             keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.id_dropout)
         return vec * keep.unsqueeze(-1).to(vec.dtype)  # (B, dim)
 
-    def _finish(self, base: torch.Tensor, item_idx: torch.Tensor | None) -> torch.Tensor:
+    def _unnormalised(self, base: torch.Tensor, item_idx: torch.Tensor | None,
+                      links: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         out = self.adapter(self.text_dropout(base))  # (n, dim)
         if self.id_emb is not None and item_idx is not None:
             out = out + self.item_id_emb(item_idx)
-        return F.normalize(out, dim=-1)
+        if self.graph is not None and (item_idx is not None or links is not None):
+            out = out + self.graph(base, item_idx, links)  # the entity part
+        return out
+
+    def _finish(self, base: torch.Tensor, item_idx: torch.Tensor | None,
+                links: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return F.normalize(self._unnormalised(base, item_idx, links), dim=-1)
 
     def item_emb(self, item_idx: torch.Tensor, from_table: bool = False) -> torch.Tensor:
         """Item vectors [B, dim], L2-normalised. Fine-tune modes run BERT on the items' texts
@@ -235,9 +255,23 @@ class ItemTower(nn.Module):
         return self._finish(self.base_query_emb[query_idx], None)
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Vectors [n, dim] of arbitrary texts (new items, queries): BERT -> adapter, no ID."""
-        return self._finish(self._encode_base(list(texts)), None)
+    def encode_texts(self, texts: Sequence[str],
+                     links: Sequence[Sequence[tuple[str, str]]] | None = None) -> torch.Tensor:
+        """Vectors [n, dim] of arbitrary texts (new items, queries): BERT -> adapter, no ID;
+        with ``links`` (per text, its (relation, entity) name pairs) and a graph tower, plus
+        the entity part of the entities it knows."""
+        base = self._encode_base(list(texts))
+        if links is None or self.graph is None:
+            return self._finish(base, None)
+        if len(links) != len(texts):
+            raise TowerError(f"links must hold one list per text ({len(texts)}); got {len(links)}")
+        return self._finish(base, None, self.graph.links_of(links))
+
+    def graph_explanation(self, texts: Sequence[str] | None = None,
+                          links: Sequence[Sequence[tuple[str, str]]] | None = None
+                          ) -> dict[str, Any] | None:
+        """Per-link terms of the entity part (``towers.graph.graph_explanation``)."""
+        return graph_explanation(self, texts, links)
 
     # ---- persistence ---------------------------------------------------------------------
     def fingerprint(self, bert: nn.Module | None = None) -> str:
@@ -265,6 +299,8 @@ class ItemTower(nn.Module):
                 "bert_fingerprint": model_fingerprint(bert), "fingerprint": self.fingerprint(bert)}
         (out / "item_tower.json").write_text(json.dumps(meta, indent=1))
         (out / "item_texts.json").write_text(json.dumps(self.item_texts))
+        if self.graph is not None:
+            (out / "item_graph.json").write_text(json.dumps(self.graph.names()))
         return meta["fingerprint"]
 
     @classmethod
@@ -272,9 +308,16 @@ class ItemTower(nn.Module):
         """Rebuild a saved tower for inference: mode ``frozen`` over the saved (merged) BERT."""
         src = Path(directory)
         meta = json.loads((src / "item_tower.json").read_text())
-        tower = cls(model_path=str(src / "item_bert"), n_items=meta["n_items"], mode="frozen",
-                    show_progress=False, **meta["config"])
         state = load_file(str(src / "item_tower.safetensors"))
+        item_graph = None
+        if meta["config"].get("graph"):
+            names = json.loads((src / "item_graph.json").read_text())
+            item_graph = {"entity_names": names["entities"],
+                          "relation_names": names["relations"],
+                          "item_entity": state["graph.item_entity"],
+                          "item_relation": state["graph.item_relation"]}
+        tower = cls(model_path=str(src / "item_bert"), n_items=meta["n_items"], mode="frozen",
+                    show_progress=False, item_graph=item_graph, **meta["config"])
         missing, unexpected = tower.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("bert.")]
         if missing or unexpected:

@@ -125,10 +125,15 @@ class TwoTowerModel(nn.Module):
         return self.item_tower.all_item_emb().float().cpu().numpy()
 
     @torch.no_grad()
-    def item_emb_from_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors (n, dim) float32 of new items from their text alone (no ID part)."""
+    def item_emb_from_texts(self, texts: Sequence[str],
+                            links: Sequence[Sequence[tuple[str, str]]] | None = None
+                            ) -> np.ndarray:
+        """Vectors (n, dim) float32 of new items from their text (no ID part) and, with a graph
+        item tower, the entities their ``links`` name ((relation, entity) pairs per item)."""
         self.eval()
-        return self.item_tower.encode_texts(list(texts)).float().cpu().numpy()
+        if links is None or getattr(self.item_tower, "graph", None) is None:
+            return self.item_tower.encode_texts(list(texts)).float().cpu().numpy()
+        return self.item_tower.encode_texts(list(texts), list(links)).float().cpu().numpy()
 
     @torch.no_grad()
     def user_emb_from_events(
