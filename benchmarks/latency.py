@@ -216,7 +216,7 @@ def serving_speed(
 ) -> dict[str, Any]:
     """Latency of ``run_dir`` through the engine on seeded test sessions, and the encoding
     throughput of its towers (``model``); each step's peak memory goes to ``memory``."""
-    from engine.rerank_stage import example_sessions
+    from pipeline.reranker_stage import example_sessions
 
     n = max(n_plain, n_rerank)
     rows = test.sample(n=n, replace=n > len(test), random_state=seed)

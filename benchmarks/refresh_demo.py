@@ -1,7 +1,7 @@
 """The shop loop on the demo run, measured: new shoppers' events in, a refresh while the service
 answers, no failed request, and what the refresh did to quality.
 
-    python benchmarks/refresh_demo.py --artifacts artifacts/demo
+    python -m benchmarks.refresh_demo --artifacts artifacts/demo
 
 1. copies the run (``--work``; the original is not touched) and starts ``python -m serve`` on it
    (loopback, ``--reload-every 1``, no reranker);
@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
@@ -60,10 +58,10 @@ def test_sessions(run: Path, limit: int) -> list[dict]:
     """Sessions (JSON) from the demo's test split contexts."""
     from omegaconf import OmegaConf
 
-    import train
+    from pipeline.config import load_split
 
     cfg = OmegaConf.load(run / "config.yaml")
-    split = train.load_split(cfg)
+    split = load_split(cfg)
     out = []
     for row in split.test.head(limit).itertuples():
         events = [{"type": "search", "query": q} if t == "search" else
@@ -77,12 +75,12 @@ def evaluate(run: Path, towers_dir: Path) -> dict[str, Any]:
     """Masked test figures of the towers in ``towers_dir`` on the run's own split."""
     from omegaconf import OmegaConf
 
-    import train
+    from pipeline.config import load_split
     from towers import SessionDataModule, TwoTowerModule, load_towers
     from towers.losses import FullSoftmaxLoss
 
     cfg = OmegaConf.load(run / "config.yaml")
-    split = train.load_split(cfg)
+    split = load_split(cfg)
     model = load_towers(towers_dir)
     data = SessionDataModule(split, max_seq_len=model.user_tower.max_seq_len)
     model.item_tower.set_query_texts(data.query_texts)  # the split's search queries

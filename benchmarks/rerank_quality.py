@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.rerank_speed import _split
     from engine.artifacts import ArtifactPaths, load_catalogue, save_json
     from engine.loading import load_reranker, run_policy
-    from engine.rerank_stage import cold_variant, score_rows
+    from pipeline.reranker_stage import cold_variant, score_rows
     from rerank.evaluate import segment_report
     from towers import load_towers
 

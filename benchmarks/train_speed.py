@@ -8,9 +8,9 @@ alternating order (ABBA...), so a load change on a shared machine hits every set
 the report gives each setting's median and every round. One line per setting and sequence
 length; results also written as JSON with the command, commit, seed and machine.
 
-    python benchmarks/train_speed.py --experiment movielens --seq-lens 20 50
-    python benchmarks/train_speed.py --setting "width 64:user.hidden_dim=64" --steps 10
-    python benchmarks/train_speed.py --experiment demo --override tower=tiny --seq-lens 8
+    python -m benchmarks.train_speed --experiment movielens --seq-lens 20 50
+    python -m benchmarks.train_speed --setting "width 64:user.hidden_dim=64" --steps 10
+    python -m benchmarks.train_speed --experiment demo --override tower=tiny --seq-lens 8
 
 A setting is ``NAME:OVERRIDE[,OVERRIDE...]`` (Hydra overrides of conf/train.yaml; ``NAME:`` for
 none).
@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_info  # noqa: E402
 
@@ -96,7 +94,7 @@ def _compose(experiment: str, overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    import train  # noqa: F401  (registers the minilm_path resolver)
+    import pipeline.config  # noqa: F401  (registers the minilm_path resolver)
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={experiment}", *overrides],
@@ -136,7 +134,7 @@ def time_setting(cfg: Any, dm: Any, steps: int, warmup: int, seed: int) -> dict[
     import hydra
     import pytorch_lightning as pl
 
-    import train
+    from pipeline.towers_stage import never_negatives
     from towers import TwoTowerModule
 
     pl.seed_everything(seed, workers=True)
@@ -144,7 +142,7 @@ def time_setting(cfg: Any, dm: Any, steps: int, warmup: int, seed: int) -> dict[
                                          query_texts=dm.query_texts,
                                          item_popularity=dm.item_popularity)
     user_tower = hydra.utils.instantiate(cfg.user, dim=item_tower.dim)
-    never = train.never_negatives(dm.new_item_mask, dm.item_popularity,
+    never = never_negatives(dm.new_item_mask, dm.item_popularity,
                                   cfg.train.exclude_unseen_negatives)
     total = warmup + steps
     module = TwoTowerModule(
@@ -173,7 +171,7 @@ def time_setting(cfg: Any, dm: Any, steps: int, warmup: int, seed: int) -> dict[
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    import train
+    from pipeline.config import load_split
     from towers import SessionDataModule
 
     torch.set_num_threads(args.threads)
@@ -182,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     for seq_len in args.seq_lens:
         base = _compose(args.experiment, [*common, f"train.max_seq_len={seq_len}"])
-        split = train.load_split(base)
+        split = load_split(base)
         dm = SessionDataModule(split, batch_size=base.train.batch_size, max_seq_len=seq_len,
                                eval_batch_size=base.train.eval_batch_size, seed=args.seed)
         n_train = len(dm.train_tensors["target_idx"])
@@ -228,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --extra {path}: expected a readable JSON file; got {exc}",
                   file=sys.stderr)
             return 2
-    out = {"command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None
+    out = {"command": "python -m benchmarks.train_speed " + " ".join(sys.argv[1:] if argv is None
                                                                    else argv),
            "commit": _commit(), "seed": args.seed, "experiment": args.experiment,
            "threads": args.threads, "steps": args.steps, "warmup": args.warmup,

@@ -30,19 +30,15 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import faiss
+import numpy as np
+import pandas as pd
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from engine.artifacts import ArtifactPaths, catalogue_frame  # noqa: E402
-from engine.catalogue import CatalogueState  # noqa: E402
-from engine.state import load_state, run_stamp, state_store  # noqa: E402
-from index import CatalogueIndex  # noqa: E402
-from storage import faults, write_dir  # noqa: E402
+from engine.artifacts import ArtifactPaths, catalogue_frame
+from engine.catalogue import CatalogueState
+from engine.state import load_state, run_stamp, state_store
+from index import CatalogueIndex
+from storage import faults, write_dir
 
 DIM = 8
 N_ITEMS = 40

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import train  # noqa: F401  (registers the minilm_path resolver)
+import pipeline.config  # noqa: F401  (registers the minilm_path resolver)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
@@ -80,7 +80,9 @@ def test_loggers_instantiate_offline(choice: str, tmp_path: Path, monkeypatch) -
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = _compose([f"logger={choice}", f"artifacts_dir={tmp_path}"])
-    logger = train._logger(cfg)
+    from pipeline.towers_stage import _logger
+
+    logger = _logger(cfg)
     if choice == "none":
         assert logger is False
         return

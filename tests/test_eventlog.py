@@ -163,20 +163,20 @@ def test_cli_check_and_export(log_file: Path, tmp_path: Path,
 def test_train_py_reads_the_log_through_data_options_event_log(log_file: Path) -> None:
     from hydra import compose, initialize_config_dir
 
-    import train
+    from pipeline.config import load_split
 
     base = load_dataset("synthetic", n_items=60, n_users=20, seed=0)
     known = base.catalogue["item_id"].tolist()
     with EventLog.open(log_file) as event_log:
         event_log.append([click("u_logged", item, 100 + n) for n, item in enumerate(known[:5])])
-    conf = Path(train.__file__).resolve().parent / "conf"
+    from pipeline.config import CONF_DIR as conf
     overrides = ["data.options.n_items=60", "data.options.n_users=20",
                  "data.split.new_item_share=0.0"]
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        plain = train.load_split(compose(config_name="train", overrides=overrides))
+        plain = load_split(compose(config_name="train", overrides=overrides))
         cfg = compose(config_name="train",
                       overrides=[*overrides, f"data.options.event_log={log_file.parent}"])
-    split = train.load_split(cfg)
+    split = load_split(cfg)
     logged = split.train.loc[split.train["user_id"] == "u_logged"]
     assert len(logged) == 2 and len(plain.train.loc[plain.train["user_id"] == "u_logged"]) == 0
     assert split.test.loc[split.test["user_id"] == "u_logged", "target"].tolist() == [known[4]]

@@ -5,6 +5,7 @@ stale writers, clean-up of what a killed writer left, run stamps. Torch-free and
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -30,7 +31,9 @@ NEW_IDS = (OLD_IDS - {"I0001", "I0002", "I0003"}) | {f"NEW-{n}" for n in range(4
 def killed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Run the kill driver once: every scenario, killed at each of its checkpoints."""
     work = tmp_path_factory.mktemp("kill")
-    proc = subprocess.run([sys.executable, str(DRIVER), str(work)], cwd=ROOT,
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, str(DRIVER), str(work)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return work, json.loads(proc.stdout.strip().splitlines()[-1])
@@ -99,10 +102,10 @@ def test_a_directory_writer_killed_at_any_step_leaves_a_complete_directory(
 
 # ---- the lock and stale writers ----------------------------------------------------------------
 def test_lock_excludes_other_processes_and_names_the_holder(tmp_path: Path) -> None:
-    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from storage import DirLock\n"
+    code = ("import sys, time; from storage import DirLock\n"
             "with DirLock(sys.argv[1], who='the other writer'):\n"
             "    print('locked', flush=True); time.sleep(30)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(ROOT)],
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

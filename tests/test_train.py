@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import train
+from pipeline.towers_stage import never_negatives
 
 TINY = ["tower=tiny", "data.options.n_items=150", "data.options.n_users=80", "logger=csv",
         "trainer.log_every_n_steps=1", "train.batch_size=32", "threads=1"]
@@ -25,8 +26,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_writes_all_artifacts(tiny_run: Path) -> None:
     from engine.artifacts import ArtifactPaths, catalogue_stamp
-    from engine.rerank_stage import example_sessions
     from evaluation import RankingEvaluator
+    from pipeline.reranker_stage import example_sessions
     from recdata import load_dataset, split_dataset
     from towers import load_towers
 
@@ -114,7 +115,7 @@ def test_reranker_stage_writes_model_onnx_and_policy(tiny_run: Path) -> None:
 
 
 def test_reranker_training_groups_contain_no_held_out_or_unseen_item() -> None:
-    from engine.rerank_stage import training_groups
+    from pipeline.reranker_stage import training_groups
     from recdata import catalogue_texts, load_dataset, split_dataset
 
     split = split_dataset(load_dataset("synthetic", n_items=150, n_users=80, seed=0),
@@ -161,7 +162,7 @@ def test_bad_tower_setting_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
 def test_never_negatives_adds_unseen_items_only_when_asked() -> None:
     held_out = np.array([True, False, False, False])
     popularity = np.array([0.0, 0.0, 3.0, 1.0])
-    assert train.never_negatives(held_out, popularity, False).tolist() == [True, False, False,
+    assert never_negatives(held_out, popularity, False).tolist() == [True, False, False,
                                                                             False]
-    assert train.never_negatives(held_out, popularity, True).tolist() == [True, True, False,
+    assert never_negatives(held_out, popularity, True).tolist() == [True, True, False,
                                                                            False]

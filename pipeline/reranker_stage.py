@@ -8,8 +8,8 @@ listwise training under a time budget -> save (fp32 weights, plus the ONNX / int
 score the towers' top-N on the *full* validation split, warm contexts and contexts cut to
 1-3 item events (cold) -> per user group, keep the reranker only where its NDCG@10 lift over
 the towers' order has a bootstrap CI above zero -> ``reranker/policy.json``.
-Lives in ``engine`` because it wires the towers (candidates) to the reranker; ``towers`` and
-``rerank`` never import each other. A function of plain arguments, so ``pipeline/`` can call it.
+A pipeline stage: it wires the towers (candidates) to the reranker, which ``towers`` and
+``rerank`` never do themselves; serving (``engine``) only loads what it writes.
 """
 
 from __future__ import annotations
