@@ -150,7 +150,7 @@ def time_setting(cfg: Any, dm: Any, steps: int, warmup: int, seed: int) -> dict[
         item_popularity=dm.item_popularity, never_negative_mask=never, lr=cfg.train.lr,
         bert_lr=cfg.train.bert_lr, weight_decay=cfg.train.weight_decay,
         warmup_ratio=cfg.train.warmup_ratio, max_steps=total,
-        min_lr_ratio=cfg.train.min_lr_ratio, event_dropout=cfg.train.event_dropout)
+        min_lr_ratio=cfg.train.min_lr_ratio)
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as root:
         trainer = hydra.utils.instantiate(

@@ -76,7 +76,7 @@ def train_towers(cfg: DictConfig, run_dir: Path, split: Any = None) -> dict[str,
         long_tail_mask=dm.long_tail_mask, valid_examples=dm.valid, test_examples=dm.test,
         lr=cfg.train.lr, bert_lr=cfg.train.bert_lr, weight_decay=cfg.train.weight_decay,
         warmup_ratio=cfg.train.warmup_ratio, max_steps=steps, min_lr_ratio=cfg.train.min_lr_ratio,
-        eval_batch_size=cfg.train.eval_batch_size, event_dropout=cfg.train.event_dropout)
+        eval_batch_size=cfg.train.eval_batch_size)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/ndcg_at_10",
                                  mode="max", save_top_k=1, save_weights_only=True)
     stopping = EarlyStopping(monitor="val/ndcg_at_10", mode="max",

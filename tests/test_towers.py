@@ -35,7 +35,6 @@ from towers import (
     save_towers,
 )
 from towers.bert import load_sentence_model
-from towers.data import drop_events
 from towers.user_tower import PAD_TYPE, TYPE_INDEX
 
 N_ITEMS, N_GROUPS, NEW = 24, 4, ("i21", "i22", "i23")
@@ -268,35 +267,6 @@ def test_build_tensors_left_aligns_and_keeps_the_last_events() -> None:
         build_tensors(pd.DataFrame([{**_hist(["zz"]), "target": "i1"}]), items, {}, 8)
 
 
-def test_drop_events_keeps_the_last_event_and_repacks_left() -> None:
-    items = {f"i{n}": n for n in range(12)}
-    frame = pd.DataFrame([
-        {**_hist([f"i{n}" for n in range(6)]), "target": "i11"},
-        {**_hist(["i7"]), "target": "i3"},
-        {**_hist([None, "i2", "i4"], ["red lamp", None, None]), "target": "i5"}])
-    batch = build_tensors(frame, items, {"red lamp": 0}, max_seq_len=8)
-    assert drop_events(batch, 0.0)["hist_item_idx"].equal(batch["hist_item_idx"])
-    out = drop_events(batch, 0.5, torch.Generator().manual_seed(0))
-    for row in range(3):
-        n, old_n = int(out["hist_len"][row]), int(batch["hist_len"][row])
-        assert 1 <= n <= old_n
-        kept = out["hist_item_idx"][row, :n].tolist()
-        old = batch["hist_item_idx"][row, :old_n].tolist()
-        assert kept[-1] == old[-1]  # the most recent event always stays
-        assert all(a < b for a, b in zip([old.index(k) for k in kept if k >= 0],
-                                         [old.index(k) for k in kept if k >= 0][1:]))  # order
-        assert (out["hist_item_idx"][row, n:] == -1).all()
-        assert (out["hist_query_idx"][row, n:] == -1).all()
-        assert (out["hist_type"][row, n:] == PAD_TYPE).all()
-    assert int(out["hist_len"][1]) == 1 and out["target_idx"].equal(batch["target_idx"])
-    # every event but the last one dropped when p -> 1; all kept when p = 0
-    nearly_all = drop_events(batch, 0.999999, torch.Generator().manual_seed(1))
-    assert nearly_all["hist_len"].tolist() == [1, 1, 1]
-    assert nearly_all["hist_item_idx"][:, 0].tolist() == [5, 7, 4]
-    with pytest.raises(TowerError, match="event dropout"):
-        drop_events(batch, 1.0)
-
-
 def test_sessions_from_json(tiny_bert_path: str, dm: SessionDataModule) -> None:
     module = _module(_tower(tiny_bert_path, dm), dm)
     model = module.model.eval()
@@ -392,20 +362,6 @@ def test_id_dropout_and_cold_items(tiny_bert_path, dm) -> None:
     # a cold item's vector is its text vector alone
     text = tower.encode_texts([dm.item_texts[int(cold[0])]])
     torch.testing.assert_close(tower.item_emb(cold[:1]), text, atol=1e-5, rtol=1e-5)
-
-
-def test_text_dropout_acts_in_training_only(tiny_bert_path, dm) -> None:
-    tower = _tower(tiny_bert_path, dm, text_dropout=0.5)
-    clean = F.normalize(tower.base_item_emb, dim=-1)
-    tower.eval()
-    torch.testing.assert_close(tower.all_item_emb(), clean)  # identity adapter, no dropout
-    tower.train()
-    torch.manual_seed(0)
-    noisy = tower.all_item_emb()
-    assert not torch.allclose(noisy, clean)
-    assert tower.bert.training is False  # the frozen BERT itself stays in eval mode
-    with pytest.raises(TowerError, match="text_dropout"):
-        _tower(tiny_bert_path, dm, text_dropout=1.0)
 
 
 def test_id_item_tower_has_no_text_path(dm) -> None:
@@ -520,22 +476,6 @@ def test_training_steps_make_the_loss_fall(tiny_bert_path, dm, loss: str) -> Non
     losses = _losses(_module(_tower(tiny_bert_path, dm, id_dim=16), dm, loss_fn), dm, 25)
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
-
-
-def test_event_dropout_applies_in_training_step_only(tiny_bert_path, dm, monkeypatch) -> None:
-    module = _module(_tower(tiny_bert_path, dm), dm)
-    module.event_dropout = 0.5
-    seen: list[torch.Tensor] = []
-    monkeypatch.setattr(module, "compute_loss", lambda b: seen.append(b["hist_len"]) or
-                        torch.tensor(0.0, requires_grad=True))
-    monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    batch = _batch(dm, 64)
-    torch.manual_seed(0)
-    module.training_step(batch, 0)
-    assert (seen[0] <= batch["hist_len"]).all() and (seen[0] < batch["hist_len"]).any()
-    assert (seen[0] >= 1).all()
-    with pytest.raises(TowerError, match="event_dropout"):
-        TwoTowerModule(module.item_tower, module.user_tower, FullSoftmaxLoss(), event_dropout=1.0)
 
 
 def test_id_tower_trains_through_the_module(dm) -> None:

@@ -150,13 +150,13 @@ def test_unknown_stage_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
 
 def test_bad_tower_setting_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        train.main([*TINY, "tower.text_dropout=1.0", f"artifacts_dir={tmp_path}",
+        train.main([*TINY, "tower.id_dropout=2.0", f"artifacts_dir={tmp_path}",
                     f"cache_dir={tmp_path}/cache"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err  # (the tiny BERT's build progress may come first)
     assert "Traceback" not in err and "Error executing job" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: need 0 <= id_dropout <= 1, 0 <= text_dropout < 1")
+    assert last.startswith("error: need 0 <= id_dropout <= 1, id_dim >= 0")
 
 
 def test_never_negatives_adds_unseen_items_only_when_asked() -> None:

@@ -89,35 +89,6 @@ def build_tensors(
         "target_idx": torch.from_numpy(target), "row": torch.arange(n, dtype=torch.int64)}
 
 
-def drop_events(batch: Mapping[str, torch.Tensor], p: float,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Training augmentation: drop each history event except the most recent one with
-    probability ``p`` and re-pack the survivors left-aligned in their order (the item-crop /
-    item-mask family of sequence augmentations, e.g. CL4SRec, Xie et al., ICDE 2022, used here
-    as plain regularisation). Every (B, L) ``hist_*`` tensor is re-packed; others pass through."""
-    if not 0.0 <= p < 1.0:
-        raise TowerError(f"event dropout p must be in [0, 1); got {p}")
-    lengths = batch["hist_len"]
-    if p == 0.0 or not len(lengths):
-        return dict(batch)
-    seq = batch["hist_type"].shape[1]
-    steps = torch.arange(seq, device=lengths.device)
-    valid = steps < lengths.unsqueeze(1)  # (B, L)
-    last = steps == (lengths - 1).unsqueeze(1)
-    draw = torch.rand(valid.shape, generator=generator, device=lengths.device)
-    keep = valid & (last | (draw >= p))
-    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept first
-    new_len = keep.sum(dim=1)
-    pad = steps >= new_len.unsqueeze(1)
-    out = dict(batch)
-    for name, tensor in batch.items():
-        if name.startswith("hist_") and tensor.dim() == 2:
-            fill = PAD_TYPE if name == "hist_type" else -1
-            out[name] = tensor.gather(1, order).masked_fill(pad, fill)
-    out["hist_len"] = new_len
-    return out
-
-
 def history_arrays(examples: pd.DataFrame, item_index: Mapping[str, int]) -> list[np.ndarray]:
     """Per row, the catalogue indices of every history item (not cut to max_seq_len): what the
     evaluation masks from the ranking."""

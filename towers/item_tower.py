@@ -71,7 +71,6 @@ class ItemTower(nn.Module):
         adapter_hidden: int | None = None,
         id_dim: int = 0,
         id_dropout: float = 0.5,
-        text_dropout: float = 0.0,
         item_popularity: Sequence[float] | np.ndarray | None = None,
         top_layers: int = 2,
         lora_r: int = 8,
@@ -92,17 +91,15 @@ class ItemTower(nn.Module):
             raise TowerError(f"mode= must be one of {list(ITEM_TOWER_MODES)}, got {mode!r}")
         texts = n_items_from(item_texts, n_items)
         n_items = len(texts) if texts is not None else int(n_items)  # type: ignore[arg-type]
-        if (not 0.0 <= id_dropout <= 1.0 or not 0.0 <= text_dropout < 1.0 or id_dim < 0
-                or top_layers < 1):
-            raise TowerError(f"need 0 <= id_dropout <= 1, 0 <= text_dropout < 1, id_dim >= 0, "
-                             f"top_layers >= 1; got {id_dropout}, {text_dropout}, {id_dim}, "
-                             f"{top_layers}")
+        if not 0.0 <= id_dropout <= 1.0 or id_dim < 0 or top_layers < 1:
+            raise TowerError(f"need 0 <= id_dropout <= 1, id_dim >= 0, top_layers >= 1; got "
+                             f"{id_dropout}, {id_dim}, {top_layers}")
         self.mode, self.n_items, self.id_dropout = mode, n_items, float(id_dropout)
         self.cache_dir, self.batch_size = cache_dir, encode_batch_size
         self.show_progress = show_progress
         self.config: dict[str, Any] = {
             "output_dim": output_dim, "adapter_hidden": adapter_hidden, "id_dim": id_dim,
-            "id_dropout": id_dropout, "text_dropout": text_dropout, "top_layers": top_layers,
+            "id_dropout": id_dropout, "top_layers": top_layers,
             "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
             "max_seq_length": max_seq_length, "encode_batch_size": encode_batch_size,
             "graph": bool(graph), "graph_agg": graph_agg, "graph_spec": dict(graph_spec or {})}
@@ -110,7 +107,6 @@ class ItemTower(nn.Module):
         self.d_text = text_dim(self.bert)
         self.dim = int(output_dim or self.d_text)
         self.adapter = ResidualAdapter(self.d_text, adapter_hidden, self.dim)
-        self.text_dropout = nn.Dropout(text_dropout)  # on the BERT vector, training only
         self.id_emb: nn.Embedding | None = None
         self.id_proj: nn.Linear | None = None
         if id_dim > 0:
@@ -223,7 +219,7 @@ class ItemTower(nn.Module):
 
     def _unnormalised(self, base: torch.Tensor, item_idx: torch.Tensor | None,
                       links: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        out = self.adapter(self.text_dropout(base))  # (n, dim)
+        out = self.adapter(base)  # (n, dim)
         if self.id_emb is not None and item_idx is not None:
             out = out + self.item_id_emb(item_idx)
         if self.graph is not None and (item_idx is not None or links is not None):
@@ -316,8 +312,10 @@ class ItemTower(nn.Module):
                           "relation_names": names["relations"],
                           "item_entity": state["graph.item_entity"],
                           "item_relation": state["graph.item_relation"]}
+        config = dict(meta["config"])
+        config.pop("text_dropout", None)  # towers saved before that experiment was removed
         tower = cls(model_path=str(src / "item_bert"), n_items=meta["n_items"], mode="frozen",
-                    show_progress=False, item_graph=item_graph, **meta["config"])
+                    show_progress=False, item_graph=item_graph, **config)
         missing, unexpected = tower.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("bert.")]
         if missing or unexpected:

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from evaluation import RankingEvaluator
-from towers.data import drop_events
 from towers.datamodule import EvalExamples
 from towers.errors import TowerError
 from towers.model import TwoTowerModel
@@ -65,7 +64,6 @@ class TwoTowerModule(pl.LightningModule):
         max_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         eval_batch_size: int = 256,
-        event_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = TwoTowerModel(item_tower, user_tower, item_ids)
@@ -75,9 +73,6 @@ class TwoTowerModule(pl.LightningModule):
         self.lr, self.bert_lr, self.weight_decay = lr, bert_lr, weight_decay
         self.warmup_steps, self.warmup_ratio, self.max_steps = warmup_steps, warmup_ratio, max_steps
         self.min_lr_ratio, self.eval_batch_size = min_lr_ratio, eval_batch_size
-        if not 0.0 <= event_dropout < 1.0:
-            raise TowerError(f"event_dropout must be in [0, 1); got {event_dropout}")
-        self.event_dropout = float(event_dropout)
         self.save_hyperparameters(ignore=[  # scalars only: modules and arrays stay out
             "item_tower", "user_tower", "loss", "item_ids", "item_popularity",
             "never_negative_mask", "long_tail_mask", "valid_examples", "test_examples"])
@@ -115,7 +110,7 @@ class TwoTowerModule(pl.LightningModule):
         """The loss of one ``build_tensors`` batch (what ``training_step`` minimises): the
         candidates the loss asks for (``loss.negatives``), then one call of the one interface."""
         tower, target = self.item_tower, batch["target_idx"]
-        seen = batch.get("seen_item_idx", batch["hist_item_idx"])  # before event dropout
+        seen = batch["hist_item_idx"]
         fresh = uniq = inverse = None
         if tower.encodes_in_forward:  # BERT with grad over the batch's distinct targets only
             uniq, inverse = torch.unique(target, return_inverse=True)
@@ -170,9 +165,6 @@ class TwoTowerModule(pl.LightningModule):
                                                           idx)]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.event_dropout:  # augmentation: drop older history events (towers.data)
-            batch = {**drop_events(batch, self.event_dropout),
-                     "seen_item_idx": batch["hist_item_idx"]}  # dropped items stay "seen"
         loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target_idx"]))
         return loss
