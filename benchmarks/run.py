@@ -187,6 +187,13 @@ def machine_info() -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def data_selector(data: str) -> str:
+    """The dataset's benchmark setting, ``experiment=<data>`` (conf/experiment/), where one
+    exists; else ``data=<data>`` with the training defaults."""
+    return (f"experiment={data}" if (ROOT / "conf" / "experiment" / f"{data}.yaml").exists()
+            else f"data={data}")
+
+
 def compose_data_config(args: argparse.Namespace) -> dict[str, Any]:
     """``cfg.data`` of ``conf/train.yaml`` with the run's overrides, resolved."""
     from hydra import compose, initialize_config_dir
@@ -195,7 +202,7 @@ def compose_data_config(args: argparse.Namespace) -> dict[str, Any]:
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data={args.data}", f"seed={args.seed}",
+        cfg = compose("train", overrides=[data_selector(args.data), f"seed={args.seed}",
                                           *args.overrides])
     return OmegaConf.to_container(cfg.data, resolve=True)
 
@@ -208,9 +215,12 @@ def train_run(system: str, args: argparse.Namespace) -> dict[str, Any]:
     bert = tower == "bert"
     run_dir = getattr(args, attr)
     rerank = bool({"two_tower_bert+rerank", "ranker+rerank"} & set(args.systems))
-    stage = (("all" if rerank else "towers+ranker") if system == "two_tower_bert"
-             else "towers")
-    argv = [f"data={args.data}", f"seed={args.seed}", f"run_name={run_dir.name}",
+    ranked = bool({"fusion", "ranker", "ranker+rerank"} & set(args.systems))
+    stage = "towers"
+    if system == "two_tower_bert":
+        stage = "+".join(["towers", *(["reranker"] if rerank else []),
+                          *(["ranker"] if ranked else [])])
+    argv = [data_selector(args.data), f"seed={args.seed}", f"run_name={run_dir.name}",
             f"artifacts_dir={run_dir.parent}", f"tower={'tiny' if bert and args.quick else tower}",
             f"stage={stage}", f"cache_dir={args.cache_dir}", *extra, *args.overrides]
     if args.quick and bert:
