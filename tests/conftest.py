@@ -58,9 +58,22 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
                 extra_meta={"run_id": TINY_RUN_ID, "split_fingerprint": split.fingerprint})
     save_catalogue(root, catalogue, texts, split.item_popularity, item_segments(split))
     Reranker(tiny_bert_path, max_length=32).save(paths.reranker, stamp=run_stamp(paths))
-    paths.config.write_text(f"run_name: {TINY_RUN}\nrerank:\n  mode: auto\n  top_n: 10\n"
-                            "  cold_max_events: 3\n  blend_alpha: 0.5\n"
-                            "  rerank_segments: [long_tail, new]\n  standardize: zscore\n")
+    paths.config.write_text(tiny_config_yaml(base=root.parent))
+
+
+TINY_OVERRIDES = ["data.options.n_items=120", "data.options.n_users=60", "rerank.top_n=10",
+                  "logger=none"]
+
+
+def tiny_config_yaml(base: Path) -> str:
+    """The run's config.yaml as ``train.py`` writes it: ``conf/train.yaml`` composed with the
+    tiny run's overrides (the towers' model path left unresolved: it names the real MiniLM)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import compose
+
+    cfg = compose([*TINY_OVERRIDES, f"run_name={TINY_RUN}", f"artifacts_dir={base}"])
+    return OmegaConf.to_yaml(cfg)
 
 
 @pytest.fixture(scope="session")
