@@ -216,11 +216,12 @@ def serving_speed(
 ) -> dict[str, Any]:
     """Latency of ``run_dir`` through the engine on seeded test sessions, and the encoding
     throughput of its towers (``model``); each step's peak memory goes to ``memory``."""
-    from pipeline.reranker_stage import example_sessions
+    from engine.session import sessions_from_examples
 
     n = max(n_plain, n_rerank)
     rows = test.sample(n=n, replace=n > len(test), random_state=seed)
-    sessions = [{"events": events, "k": 10} for events in example_sessions(rows)]
+    sessions = sessions_from_examples(rows["hist_items"], rows["hist_types"],
+                                      rows["hist_queries"], k=10)
     if not (Path(run_dir) / "reranker").is_dir():
         n_rerank = 0
     with memory.measure("build index (if missing or stale)"):

@@ -87,13 +87,14 @@ def engine_latency(run_dir: Path, valid: Any, n: int, threads: int) -> dict[str,
 
     from benchmarks.latency import replay
     from engine import Recommender
-    from engine.rerank_sources import example_sessions
+    from engine.session import sessions_from_examples
     from recdata import truncate_history
     from rerank import RerankPolicy
 
     torch.set_num_threads(threads)
     rows = truncate_history(valid.iloc[:n], 1)
-    sessions = [{"events": events, "k": 10} for events in example_sessions(rows)]
+    sessions = sessions_from_examples(rows["hist_items"], rows["hist_types"],
+                                      rows["hist_queries"], k=10)
     recommender = Recommender.from_artifacts(run_dir, policy=RerankPolicy(mode="always",
                                                                           top_n=20))
     out = replay(recommender, sessions)

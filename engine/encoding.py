@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recdata.schema import Event
 from towers import TwoTowerModel, session_tensors
 
 DEFAULT_MAX_TOKENS = 256  # when the item tower does not say (an ID-only tower reads no text)
@@ -44,9 +44,8 @@ def cap_text(text: str, tokens: int) -> str:
 
 
 class SessionEncoder:
-    """User vectors for sessions in the towers' JSON event shape (``{"type", "item_id"}``,
-    ``{"type": "search", "query"}``, ``{"type", "item": {...}}``), every item id known to the
-    towers (the engine resolves ids before calling)."""
+    """User vectors for typed sessions (``recdata.schema.Event`` lists), every item id known to
+    the towers (the engine resolves ids before calling)."""
 
     def __init__(self, model: TwoTowerModel, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.model = model.eval()
@@ -140,7 +139,7 @@ class SessionEncoder:
 
     @torch.inference_mode()
     def encode(
-        self, sessions: Sequence[Sequence[Mapping[str, Any]]]
+        self, sessions: Sequence[Sequence[Event]]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """(user_emb (n, dim) float32, per session its events' vectors (len_i, dim) float32, in
         event order). Sessions must be non-empty and at most ``max_seq_len`` long."""

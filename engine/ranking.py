@@ -109,7 +109,7 @@ def session_batch(resolved: Sequence[ResolvedSession], user_emb: np.ndarray,
             inline = item_id is not None and item_id.startswith("inline:")
             row_items.append(None if item_id is None or inline or item_id not in in_catalogue
                              else item_id)
-            row_texts.append(item_text(event["item"]) if inline else None)
+            row_texts.append(item_text(event.item) if inline else None)
         items.append(row_items)
         texts.append(row_texts)
     exclude = [frozenset(r.session.exclude if repeats else r.exclude) for r in resolved]

@@ -16,19 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recdata.schema import Event, example_events
 from rerank import CandidateSource, session_context_text
 
 log = logging.getLogger(__name__)
 
 
-def example_sessions(examples: pd.DataFrame) -> list[list[dict[str, Any]]]:
-    """Example rows -> session event lists in the README's session JSON shape."""
-    sessions = []
-    for items, types, queries in zip(examples["hist_items"], examples["hist_types"],
-                                     examples["hist_queries"]):
-        sessions.append([{"type": "search", "query": q} if t == "search"
-                         else {"type": t, "item_id": i} for i, t, q in zip(items, types, queries)])
-    return sessions
+def example_sessions(examples: pd.DataFrame) -> list[list[Event]]:
+    """Example rows -> typed session event lists (``recdata.schema.example_events``)."""
+    return example_events(examples["hist_items"], examples["hist_types"],
+                          examples["hist_queries"])
 
 
 def retrieve_candidates(model: Any, examples: pd.DataFrame, n: int, batch_size: int = 512,
@@ -48,7 +45,7 @@ def retrieve_candidates(model: Any, examples: pd.DataFrame, n: int, batch_size: 
         user_emb = model.user_emb_from_events(chunk, unknown_items="skip")  # (B, d)
         scores = user_emb @ item_emb.T  # (B, n_items)
         for row, events in enumerate(chunk):
-            seen = [index[e["item_id"]] for e in events if e.get("item_id") in index]
+            seen = [index[e.item_id] for e in events if e.item_id in index]
             scores[row, seen] = -np.inf
         top = np.argpartition(-scores, n, axis=1)[:, :n]
         order = np.take_along_axis(scores, top, 1).argsort(axis=1)[:, ::-1]

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from engine.catalogue import CatalogueState
 from engine.explain import event_reason
-from engine.session import Session, cut_warning
+from engine.session import Event, Session, cut_warning
 
 
 @dataclass
@@ -25,7 +24,7 @@ class ResolvedSession:
 
     session: Session
     k: int
-    events: list[dict[str, Any]] = field(default_factory=list)  # towers' session JSON events
+    events: list[Event] = field(default_factory=list)  # the towers' events
     reasons: list[str] = field(default_factory=list)  # "because" phrase of each event
     hist_items: list[str | None] = field(default_factory=list)  # reranker context, per event
     hist_types: list[str] = field(default_factory=list)
@@ -67,10 +66,10 @@ def resolve_session(
             else:
                 title = item_id
             if item_id in tower_index:
-                towers_event: dict[str, Any] = {"type": event.type, "item_id": item_id}
+                towers_event = Event(type=event.type, item_id=item_id)
             elif supports_text:
                 text = str(state.texts[state.row_of[item_id]])
-                towers_event = {"type": event.type, "item": {"title": text}}
+                towers_event = Event(type=event.type, item={"title": text})
             else:
                 no_text += 1
                 continue
@@ -80,10 +79,10 @@ def resolve_session(
         elif event.item is not None:
             title = " ".join(str(event.item["title"]).split())
             key = f"inline:{number}"  # the reranker context shows its title
-            towers_event = {"type": event.type, "item": dict(event.item)}
+            towers_event = Event(type=event.type, item=dict(event.item))
             usable.append((towers_event, event_reason(event.type, title), key, None, title))
         else:
-            towers_event = {"type": "search", "query": event.query}
+            towers_event = Event(type="search", query=event.query)
             usable.append((towers_event, event_reason("search", event.query), None, event.query,
                            None))
     if unknown:
@@ -100,7 +99,7 @@ def resolve_session(
         out.events.append(towers_event)
         out.reasons.append(reason)
         out.hist_items.append(hist_item)
-        out.hist_types.append(towers_event["type"])
+        out.hist_types.append(towers_event.type)
         out.hist_queries.append(query)
         if hist_item is not None and title is not None:
             out.titles[hist_item] = title

@@ -29,7 +29,7 @@ from engine.inputs import MAX_ID_CHARS, check_id, check_text, check_ts, loads
 from engine.inputs import kind as _kind
 from engine.inputs import show as _show
 from engine.items import ITEM_KEYS, parse_item
-from recdata.schema import EVENT_TYPES
+from recdata.schema import EVENT_TYPES, Event, example_events
 
 SESSION_KEYS: tuple[str, ...] = ("user_id", "k", "events", "exclude")
 EVENT_KEYS: tuple[str, ...] = ("type", "item_id", "item", "query", "ts")
@@ -38,22 +38,6 @@ ITEM_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "search
 MAX_EVENTS = 10_000  # events per session (the user tower reads the last max_seq_len of them)
 MAX_EXCLUDE = 10_000  # ids per session's "exclude"
 DEFAULT_EXAMPLE_K = 10  # k of sessions built from evaluation examples (callers rank further)
-
-
-@dataclass(frozen=True)
-class Event:
-    """One session event: a search (``query``), a catalogue item (``item_id``) or an inline new
-    item (``item``: catalogue fields, at least a non-empty ``title``)."""
-
-    type: str
-    item_id: str | None = None
-    query: str | None = None
-    item: Mapping[str, Any] | None = None
-    ts: int | None = None  # unix seconds, when the client sent it (the event order is the list's)
-
-    @property
-    def is_search(self) -> bool:
-        return self.type == "search"
 
 
 @dataclass
@@ -234,10 +218,5 @@ def sessions_from_examples(hist_items: Sequence[Sequence[str | None]],
                            k: int = DEFAULT_EXAMPLE_K) -> list[Session]:
     """Evaluation example rows (``recdata`` split columns) as sessions: the benchmark and the
     ranker's training stage send them through the very path a served session takes."""
-    sessions = []
-    for items, types, queries in zip(hist_items, hist_types, hist_queries):
-        events = [Event(type="search", query=q) if t == "search" else Event(type=t, item_id=i)
-                  for i, t, q in zip(items, types, queries)
-                  if (t == "search" and q) or (t != "search" and i is not None)]
-        sessions.append(Session(events=events, k=k))
-    return sessions
+    return [Session(events=events, k=k)
+            for events in example_events(hist_items, hist_types, hist_queries)]

@@ -14,7 +14,9 @@ Every loader returns a :class:`Dataset`; every split returns a :class:`SplitData
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,37 @@ TAG_COLUMNS: tuple[str, ...] = ("item_id", "tag", "ts", "user_id")
 EXAMPLE_COLUMNS: tuple[str, ...] = (
     "user_id", "hist_items", "hist_types", "hist_queries", "target",
 )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One session event, the one typed shape from parsing to tensors: a search (``query``), a
+    catalogue item (``item_id``) or an inline new item (``item``: catalogue fields, at least a
+    non-empty ``title``). ``type`` is an :data:`EVENT_TYPES` entry. ``engine.session`` parses
+    the session JSON into these; ``towers.data.session_tensors`` turns them into tensors."""
+
+    type: str
+    item_id: str | None = None
+    query: str | None = None
+    item: Mapping[str, Any] | None = None
+    ts: int | None = None  # unix seconds, when the client sent it (the event order is the list's)
+
+    @property
+    def is_search(self) -> bool:
+        return self.type == "search"
+
+
+def example_events(hist_items: Sequence[Sequence[Any]], hist_types: Sequence[Sequence[str]],
+                   hist_queries: Sequence[Sequence[Any]]) -> list[list[Event]]:
+    """Split example rows' history columns as typed event lists (searches by their query,
+    everything else by its item id); events with neither are dropped."""
+    out = []
+    for items, types, queries in zip(hist_items, hist_types, hist_queries):
+        out.append([Event(type="search", query=q) if t == "search" else Event(type=t, item_id=i)
+                    for i, t, q in zip(items, types, queries)
+                    if (t == "search" and isinstance(q, str) and q)
+                    or (t != "search" and isinstance(i, str))])
+    return out
 
 
 class DataError(ValueError):

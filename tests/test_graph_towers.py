@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recdata.graph import GraphSpec, graph_arrays, split_triples
-from recdata.schema import SplitData
+from recdata.schema import Event, SplitData
 from tests.test_towers import N_GROUPS, NEW, _batch, _module, _tower
 from tests.test_towers import dm as dm  # noqa: F401 - fixtures
 from tests.test_towers import split as base_split  # noqa: F401
@@ -136,7 +136,7 @@ def test_save_load_round_trip_with_the_graph(tiny_bert_path, dm, arrays, trained
     links = [[("brand", brand_of(1))], []]
     np.testing.assert_allclose(loaded.item_emb_from_texts(["lamp", "flask"], links),
                                model.item_emb_from_texts(["lamp", "flask"], links), atol=1e-5)
-    sessions = [[{"type": "click", "item_id": "i2"}, {"type": "click", "item_id": "i6"}]]
+    sessions = [[Event(type="click", item_id="i2"), Event(type="click", item_id="i6")]]
     np.testing.assert_allclose(loaded.user_emb_from_events(sessions),
                                model.user_emb_from_events(sessions), atol=1e-5)
 
@@ -178,8 +178,8 @@ def test_engine_live_add_rebuild_and_graph_reasons(graph_artifacts, trained) -> 
     title = rec.catalogue.set_index("item_id").loc[clicked, "title"]
     assert f"same brand as '{title}' you clicked" in reasons.values(), reasons
     # a session naming the added item reads the vector the index holds for it
-    user = rec.encoder.encode([[{"type": "click", "item": {"title": rec.catalogue.set_index(
-        "item_id").loc["NEW-1", "text"]}}]])[1][0]
+    user = rec.encoder.encode([[Event(type="click", item={"title": rec.catalogue.set_index(
+        "item_id").loc["NEW-1", "text"]})]])[1][0]
     np.testing.assert_allclose(user[0], vec[0], atol=1e-5)
     rec.save()
     # a full rebuild gives the added item the same graph-aware vector

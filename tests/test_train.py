@@ -11,6 +11,7 @@ import pytest
 
 import train
 from pipeline.towers_stage import never_negatives
+from recdata.schema import Event
 
 TINY = ["tower=tiny", "data.options.n_items=150", "data.options.n_users=80", "logger=csv",
         "trainer.log_every_n_steps=1", "train.batch_size=32", "threads=1"]
@@ -77,7 +78,7 @@ def test_saved_towers_reload_and_score(tiny_run: Path) -> None:
 
     model = load_towers(tiny_run / "towers")
     item_emb = model.catalogue_item_emb()
-    user_emb = model.user_emb_from_events([[{"type": "click", "item_id": model.item_ids[0]}]])
+    user_emb = model.user_emb_from_events([[Event(type="click", item_id=model.item_ids[0])]])
     assert item_emb.shape == (150, model.dim) and user_emb.shape == (1, model.dim)
 
 

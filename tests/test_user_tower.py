@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recdata.schema import Event
 from towers import (
     FullSoftmaxLoss,
     IdItemTower,
@@ -180,7 +181,7 @@ def test_user_emb_looks_up_each_item_once_with_the_per_event_result(hidden_dim) 
 def test_towers_saved_before_hidden_dim_existed_still_load(tmp_path) -> None:
     model = _model(None)
     del model.item_tower.query_emb  # back to the class's own (zero) query vectors
-    sessions = [[{"type": "click", "item_id": "i2"}, {"type": "view", "item_id": "i5"}]]
+    sessions = [[Event(type="click", item_id="i2"), Event(type="view", item_id="i5")]]
     save_towers(model, tmp_path / "towers")
     meta_file = tmp_path / "towers" / "towers.json"
     meta = json.loads(meta_file.read_text())

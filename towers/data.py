@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recdata.schema import EVENT_TYPES
+from recdata.schema import EVENT_TYPES, Event
 from recdata.text import item_text
 from towers.errors import EmptySessionError, TowerError
 from towers.user_tower import PAD_TYPE, TYPE_INDEX
@@ -99,7 +99,7 @@ def history_arrays(examples: pd.DataFrame, item_index: Mapping[str, int]) -> lis
 
 @dataclass
 class SessionInputs:
-    """Index tensors of sessions from query JSON; ``texts`` are the distinct query / inline-item
+    """Index tensors of typed sessions; ``texts`` are the distinct query / inline-item
     texts that ``hist_text_idx`` points into (the caller encodes them)."""
 
     hist_item_idx: torch.Tensor  # (n, L) int64, -1 = not an item event / padding
@@ -110,54 +110,47 @@ class SessionInputs:
     inline_items: int = 0  # how many events carried an inline new item
 
 
-def _session_events(session: Any, number: int) -> list[Any]:
-    events = session.get("events") if isinstance(session, Mapping) else session
-    if not isinstance(events, Sequence) or isinstance(events, (str, bytes)):
-        raise TowerError(f"session {number}: expected a list of events or {{'events': [...]}}; "
-                         f"got {type(session).__name__}")
-    return list(events)
-
-
 def session_tensors(
-    sessions: Sequence[Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+    sessions: Sequence[Sequence[Event]],
     item_index: Mapping[str, int],
     max_seq_len: int = 50,
     unknown_items: str = "error",
 ) -> SessionInputs:
-    """Parse sessions (the README's session JSON): events ``{"type", "item_id"}``, ``{"type":
-    "search", "query"}`` or ``{"type", "item": {"title", ...}}`` (a new item, embedded from its
-    text). A missing type is ``search`` for a query and ``click`` otherwise. Item ids not in
-    ``item_index`` raise (``unknown_items="error"``) or are dropped (``"skip"``). A session left
-    with no event raises EmptySessionError."""
+    """Typed sessions (``recdata.schema.Event`` lists: what ``engine.session`` parses the JSON
+    into) -> index tensors. An event is its inline ``item`` (embedded from its text), its
+    ``item_id``, or its search ``query``. Item ids not in ``item_index`` raise
+    (``unknown_items="error"``) or are dropped (``"skip"``). A session left with no event
+    raises EmptySessionError."""
     if unknown_items not in ("error", "skip"):
         raise TowerError(f"unknown_items= must be 'error' or 'skip', got {unknown_items!r}")
     texts: dict[str, int] = {}
     parsed: list[list[tuple[int, int, int]]] = []  # per session: (type, item_idx, text_idx)
     inline = 0
     for number, session in enumerate(sessions):
+        if isinstance(session, (str, bytes, Mapping)):
+            raise TowerError(f"session {number}: expected a list of recdata.schema.Event, got "
+                             f"{type(session).__name__}")
         events: list[tuple[int, int, int]] = []
-        for col, event in enumerate(_session_events(session, number)):
+        for col, event in enumerate(session):
             where = f"session {number}, event {col}"
-            if not isinstance(event, Mapping):
-                raise TowerError(f"{where}: expected an object, got {type(event).__name__}")
-            query, item, item_id = event.get("query"), event.get("item"), event.get("item_id")
-            kind = event.get("type", event.get("event"))
-            kind = kind if kind is not None else ("search" if query else "click")
-            type_idx = _event_type(kind, where)
-            if isinstance(item, Mapping):
-                text = item_text(item)
+            if not isinstance(event, Event):
+                raise TowerError(f"{where}: expected a recdata.schema.Event, got "
+                                 f"{type(event).__name__}")
+            type_idx = _event_type(event.type, where)
+            if event.item is not None:
+                text = item_text(event.item)
                 if not text:
                     raise TowerError(f"{where}: an inline 'item' needs at least a 'title'")
                 events.append((type_idx, -1, texts.setdefault(text, len(texts))))
                 inline += 1
-            elif not _missing(item_id):
-                if str(item_id) in item_index:
-                    events.append((type_idx, item_index[str(item_id)], -1))
+            elif event.item_id is not None:
+                if event.item_id in item_index:
+                    events.append((type_idx, item_index[event.item_id], -1))
                 elif unknown_items == "error":
-                    raise TowerError(f"{where}: item_id {item_id!r} is not in the towers' "
+                    raise TowerError(f"{where}: item_id {event.item_id!r} is not in the towers' "
                                      "catalogue; send it inline as \"item\": {\"title\": ...}")
-            elif isinstance(query, str) and query.strip():
-                events.append((type_idx, -1, texts.setdefault(query.strip(), len(texts))))
+            elif event.query and event.query.strip():
+                events.append((type_idx, -1, texts.setdefault(event.query.strip(), len(texts))))
             else:
                 raise TowerError(f"{where}: an event needs 'item_id', 'item' or a non-empty "
                                  "'query'")

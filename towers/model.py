@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from recdata.schema import Event
 from towers.data import session_tensors
 from towers.errors import TowerError
 from towers.user_tower import UserTower
@@ -137,12 +137,11 @@ class TwoTowerModel(nn.Module):
 
     @torch.no_grad()
     def user_emb_from_events(
-        self, sessions: Sequence[Mapping[str, Any] | Sequence[Mapping[str, Any]]],
-        unknown_items: str = "error",
+        self, sessions: Sequence[Sequence[Event]], unknown_items: str = "error",
     ) -> np.ndarray:
-        """User vectors (n, dim) float32 for sessions in the README's session shape (each a list
-        of events or ``{"events": [...]}``). Query texts and inline items are encoded once per
-        call; raises EmptySessionError for a session with no usable event."""
+        """User vectors (n, dim) float32 for typed sessions (``recdata.schema.Event`` lists).
+        Query texts and inline items are encoded once per call; raises EmptySessionError for a
+        session with no usable event."""
         if self.item_ids is None:
             raise TowerError("this model has no item_ids, so session item ids cannot be mapped")
         self.eval()
