@@ -184,8 +184,7 @@ class _BM25Prepared:
         texts = [session_text(batch.hist_items[r], batch.hist_types[r], batch.hist_queries[r],
                               batch.hist_texts[r], title_of, source.max_events)
                  for r in range(len(batch))]
-        pos = np.fromiter((bm25.position.get(i, -1) for i in table.ids), np.int64,
-                          count=len(table))
+        pos = source.positions(table)  # (n_rows,) BM25 position of each row, -1: none
         self.scores = np.zeros((len(batch), len(table)))  # (B, n_rows) BM25 in row order
         for row, tokens in enumerate(tokenize(texts)):
             if tokens:
@@ -224,6 +223,18 @@ class BM25Source:
 
     def __init__(self, bm25: BM25Index, max_events: int = 5) -> None:
         self.bm25, self.max_events = bm25, max_events
+        self._positions: tuple[Any, BM25Index, np.ndarray] | None = None
+
+    def positions(self, table: ItemTable) -> np.ndarray:
+        """(n_rows,) each table row's BM25 position (-1: not indexed), computed once per
+        (table, BM25 index) pair: both are replaced, never changed, by catalogue edits."""
+        cached = self._positions
+        if cached is not None and cached[0] is table.ids and cached[1] is self.bm25:
+            return cached[2]
+        pos = np.fromiter((self.bm25.position.get(i, -1) for i in table.ids), np.int64,
+                          count=len(table))
+        self._positions = (table.ids, self.bm25, pos)
+        return pos
 
     def prepare(self, batch: SessionBatch, table: ItemTable) -> _BM25Prepared:
         return _BM25Prepared(self, batch, table)
