@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import resource
 import time
@@ -233,3 +234,59 @@ def serving_speed(
     with memory.measure("encode throughput"):
         throughput = encode_throughput(model, list(texts)[:encode_items])
     return {"latency": latency, "encode_throughput": throughput}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.latency --artifacts RUN --data amazon_scientific``: the serving
+    latency alone (one session at a time through the engine), on a quiet machine, into a
+    results file with its provenance; the full benchmark report times the same path."""
+    import argparse
+    import json
+    import sys
+
+    import torch
+
+    from benchmarks.machine import provenance
+    from engine.cli import positive_int
+    from engine.session import sessions_from_examples
+    from pipeline.config import compose, load_split
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=main.__doc__)
+    p.add_argument("--artifacts", type=Path, required=True, help="a run dir (towers + state)")
+    p.add_argument("--data", required=True, help="the run's benchmark setting: experiment=DATA "
+                   "where conf/experiment has one, else data=DATA")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sessions", type=positive_int, default=1000)
+    p.add_argument("--rerank-sessions", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    root = Path(__file__).resolve().parent.parent
+    selector = (f"experiment={args.data}" if (root / "conf" / "experiment"
+                                              / f"{args.data}.yaml").exists()
+                else f"data={args.data}")
+    split = load_split(compose([selector, f"seed={args.seed}", *args.overrides]))
+    n = max(args.sessions, args.rerank_sessions)
+    rows = split.test.sample(n=n, replace=n > len(split.test), random_state=args.seed)
+    sessions = sessions_from_examples(rows["hist_items"], rows["hist_types"],
+                                      rows["hist_queries"], k=10)
+    load = os.getloadavg()
+    latency = measure_latency(args.artifacts, sessions, args.sessions, args.rerank_sessions)
+    report = {**provenance("python -m benchmarks.latency " + " ".join(argv or sys.argv[1:]),
+                           args.seed, ("torch", "faiss-cpu", "lightgbm", "bm25s")),
+              "torch_threads": args.threads, "load_average_start_end": [load, os.getloadavg()],
+              "test_rows_sampled": n, "latency": latency}
+    from storage import write_file
+
+    text = json.dumps(report, indent=1, default=str) + "\n"
+    write_file(args.out, lambda temp: temp.write_text(text))
+    print(json.dumps({k: v.get("stages_ms", v) for k, v in latency.items()
+                      if isinstance(v, dict)}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -323,3 +323,18 @@ def test_quick_run_with_the_graph_towers_reports_them_and_their_goals(tmp_path: 
     assert len(goals) == 3  # tiny data: a ratio over a zero figure reads "not measured"
     assert goals["graph: overall R@10 and N@10 / two_tower_bert"]["measured"].startswith("R@10 ")
     assert "two_tower_bert_graph" in (out / "graph_synthetic.md").read_text()
+
+
+def test_latency_cli_writes_per_stage_percentiles_with_provenance(tiny_ranked_artifacts: Path,
+                                                                  tmp_path: Path) -> None:
+    from benchmarks import latency
+
+    out = tmp_path / "latency.json"
+    assert latency.main(["--artifacts", str(tiny_ranked_artifacts), "--data", "synthetic",
+                         "--set", "data.options.n_items=120", "--set", "data.options.n_users=60",
+                         "--sessions", "12", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m benchmarks.latency") and report["commit"]
+    stages = report["latency"]["without_rerank"]["stages_ms"]
+    assert {"encode", "search", "rank", "total"} <= set(stages)
+    assert stages["total"]["n"] == 12 and stages["total"]["p50"] > 0
