@@ -27,7 +27,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import zlib
@@ -39,6 +38,7 @@ from typing import Any
 import pandas as pd
 
 from recdata.schema import DataError
+from storage import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -267,18 +267,7 @@ class EventLog:
                     kept.append(encode_record(events, record["seq"]))
             if not removed:
                 return 0
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                       dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(b"".join(kept))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            _fsync_dir(self.path.parent)
+            write_bytes(self.path, b"".join(kept))  # temp, fsync, rename, fsync the folder
             if self._fd is not None:
                 os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)

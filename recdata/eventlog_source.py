@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from recdata.eventlog import LOCK_FILE, LOG_FILE, EventLogError, decode_line, read_events
 from recdata.schema import EVENTS_OPTIONAL, EVENTS_REQUIRED, DataError, Dataset, validate_events
+from storage import write_bytes
 
 
 def resolve_log(path: str | os.PathLike[str]) -> Path:
@@ -70,12 +70,7 @@ def repair(path: str | os.PathLike[str]) -> tuple[int, int]:
         lines = path.read_bytes().split(b"\n")
         good = [line + b"\n" for line in lines if decode_line(line) is not None]
         dropped = sum(1 for line in lines if line and decode_line(line) is None)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(b"".join(good))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write_bytes(path, b"".join(good))  # temp, fsync, rename, fsync the folder
         return len(good), dropped
     finally:
         os.close(lock_fd)
