@@ -135,7 +135,6 @@ def time_setting(cfg: Any, dm: Any, steps: int, warmup: int, seed: int) -> dict[
     import pytorch_lightning as pl
 
     from pipeline.towers_stage import never_negatives
-    from towers import TwoTowerModule
 
     pl.seed_everything(seed, workers=True)
     item_tower = hydra.utils.instantiate(cfg.tower, item_texts=dm.item_texts,
@@ -143,14 +142,12 @@ def time_setting(cfg: Any, dm: Any, steps: int, warmup: int, seed: int) -> dict[
                                          item_popularity=dm.item_popularity)
     user_tower = hydra.utils.instantiate(cfg.user, dim=item_tower.dim)
     never = never_negatives(dm.new_item_mask, dm.item_popularity,
-                                  cfg.train.exclude_unseen_negatives)
+                            cfg.train.exclude_unseen_negatives)
     total = warmup + steps
-    module = TwoTowerModule(
-        item_tower, user_tower, hydra.utils.instantiate(cfg.loss), item_ids=dm.item_ids,
-        item_popularity=dm.item_popularity, never_negative_mask=never, lr=cfg.train.lr,
-        bert_lr=cfg.train.bert_lr, weight_decay=cfg.train.weight_decay,
-        warmup_ratio=cfg.train.warmup_ratio, max_steps=total,
-        min_lr_ratio=cfg.train.min_lr_ratio)
+    module = hydra.utils.instantiate(cfg.module, _partial_=True)(  # objects pass as they are
+        item_tower=item_tower, user_tower=user_tower,
+        loss=hydra.utils.instantiate(cfg.loss), item_ids=dm.item_ids,
+        item_popularity=dm.item_popularity, never_negative_mask=never, max_steps=total)
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as root:
         trainer = hydra.utils.instantiate(

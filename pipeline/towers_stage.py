@@ -50,11 +50,10 @@ def graph_inputs(cfg: DictConfig, split: Any, item_ids: list[str]) -> dict[str, 
 def train_towers(cfg: DictConfig, run_dir: Path, split: Any = None) -> dict[str, Any]:
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from engine.artifacts import save_catalogue, save_json
     from engine.state import new_run_id
-    from towers import SessionDataModule, TwoTowerModule, save_towers
+    from towers import SessionDataModule, save_towers
 
     pl.seed_everything(cfg.seed, workers=True)
     split = split if split is not None else load_split(cfg)
@@ -70,17 +69,16 @@ def train_towers(cfg: DictConfig, run_dir: Path, split: Any = None) -> dict[str,
                                                / cfg.train.batch_size)
     never_negative = never_negatives(dm.new_item_mask, dm.item_popularity,
                                      cfg.train.exclude_unseen_negatives)
-    module = TwoTowerModule(
-        item_tower, user_tower, hydra.utils.instantiate(cfg.loss), item_ids=dm.item_ids,
+    # conf/train.yaml's module and callbacks nodes; what only the data knows is passed here
+    module = hydra.utils.instantiate(cfg.module, _partial_=True)(  # objects pass as they are
+        item_tower=item_tower, user_tower=user_tower,
+        loss=hydra.utils.instantiate(cfg.loss), item_ids=dm.item_ids,
         item_popularity=dm.item_popularity, never_negative_mask=never_negative,
         long_tail_mask=dm.long_tail_mask, valid_examples=dm.valid, test_examples=dm.test,
-        lr=cfg.train.lr, bert_lr=cfg.train.bert_lr, weight_decay=cfg.train.weight_decay,
-        warmup_ratio=cfg.train.warmup_ratio, max_steps=steps, min_lr_ratio=cfg.train.min_lr_ratio,
-        eval_batch_size=cfg.train.eval_batch_size)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/ndcg_at_10",
-                                 mode="max", save_top_k=1, save_weights_only=True)
-    stopping = EarlyStopping(monitor="val/ndcg_at_10", mode="max",
-                             patience=cfg.train.early_stopping_patience)
+        max_steps=steps)
+    checkpoint = hydra.utils.instantiate(cfg.callbacks.checkpoint,
+                                         dirpath=str(run_dir / "checkpoints"))
+    stopping = hydra.utils.instantiate(cfg.callbacks.early_stopping)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[checkpoint, stopping],
                                       logger=_logger(cfg), default_root_dir=str(run_dir))
     started = time.perf_counter()

@@ -124,3 +124,20 @@ def test_index_code_defaults_equal_the_config(choice: str) -> None:
     defaults = _defaults(CatalogueIndex.__init__)
     settings = {k: v for k, v in node.items() if k not in ("kind", "nlist", "pq_m")}
     assert {key: defaults.get(key) for key in settings} == settings
+
+
+def test_module_and_callbacks_instantiate_from_conf(tmp_path: Path) -> None:
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    from towers import FullSoftmaxLoss, IdItemTower, TwoTowerModule, UserTower
+
+    cfg = _compose([f"artifacts_dir={tmp_path}", "train.lr=0.003"])
+    tower = IdItemTower(dim=8, n_items=5)
+    module = hydra.utils.instantiate(cfg.module, item_tower=tower, user_tower=UserTower(8),
+                                     loss=FullSoftmaxLoss(), max_steps=10)
+    assert isinstance(module, TwoTowerModule) and module.lr == pytest.approx(0.003)
+    checkpoint = hydra.utils.instantiate(cfg.callbacks.checkpoint)
+    stopping = hydra.utils.instantiate(cfg.callbacks.early_stopping)
+    assert isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor == "val/ndcg_at_10"
+    assert isinstance(stopping, EarlyStopping)
+    assert stopping.patience == cfg.train.early_stopping_patience
