@@ -34,7 +34,10 @@ def test_every_choice_composes(group: str, choice: str) -> None:
     # and it resolves (the towers' model path resolver aside)
     own = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{choice}.yaml"), resolve=False)
     composed = OmegaConf.to_container(cfg[group], resolve=False)
-    own.pop("defaults", None)
+    for base in own.pop("defaults", []):  # a group file inheriting its group's shared base
+        if isinstance(base, str) and base.endswith("@_here_"):
+            shared = OmegaConf.load(CONF / group / f"{base.split('@')[0]}.yaml")
+            own = OmegaConf.to_container(OmegaConf.merge(shared, own), resolve=False)
     assert own and {key: composed.get(key) for key in own} == own
     OmegaConf.to_container(cfg[group], resolve=group != "tower" or choice == "id")
 
