@@ -130,12 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    try:
-        grid_file = str(args.grid.resolve().relative_to(ROOT))
-    except ValueError:
-        grid_file = str(args.grid)
     result = {"name": grid["name"], "title": grid.get("title", grid["name"]),
-              "command": f"python -m benchmarks.ablations {grid_file}", "base": grid["base"],
+              "command": "python -m benchmarks.ablations " + " ".join(
+                  argv if argv is not None else sys.argv[1:]), "base": grid["base"],
               "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     _write_text(path, json.dumps(result, indent=1) + "\n")
