@@ -130,6 +130,7 @@ def test_index_code_defaults_equal_the_config(choice: str) -> None:
 
 
 def test_module_and_callbacks_instantiate_from_conf(tmp_path: Path) -> None:
+    import torch
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from towers import FullSoftmaxLoss, IdItemTower, TwoTowerModule, UserTower
@@ -139,6 +140,14 @@ def test_module_and_callbacks_instantiate_from_conf(tmp_path: Path) -> None:
     module = hydra.utils.instantiate(cfg.module, item_tower=tower, user_tower=UserTower(8),
                                      loss=FullSoftmaxLoss(), max_steps=10)
     assert isinstance(module, TwoTowerModule) and module.lr == pytest.approx(0.003)
+    assert isinstance(module.configure_optimizers()["optimizer"], torch.optim.AdamW)
+    sgd = _compose([f"artifacts_dir={tmp_path}", "module.optimizer._target_=torch.optim.SGD",
+                    "~module.optimizer.betas"])  # the optimiser is the config's choice
+    module = hydra.utils.instantiate(sgd.module, item_tower=tower, user_tower=UserTower(8),
+                                     loss=FullSoftmaxLoss(), max_steps=10)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert all(group["lr"] == pytest.approx(module.lr) for group in optimizer.param_groups)
     checkpoint = hydra.utils.instantiate(cfg.callbacks.checkpoint)
     stopping = hydra.utils.instantiate(cfg.callbacks.early_stopping)
     assert isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor == "val/ndcg_at_10"

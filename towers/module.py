@@ -64,6 +64,7 @@ class TwoTowerModule(pl.LightningModule):
         max_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         eval_batch_size: int = 256,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ) -> None:
         super().__init__()
         self.model = TwoTowerModel(item_tower, user_tower, item_ids)
@@ -73,9 +74,11 @@ class TwoTowerModule(pl.LightningModule):
         self.lr, self.bert_lr, self.weight_decay = lr, bert_lr, weight_decay
         self.warmup_steps, self.warmup_ratio, self.max_steps = warmup_steps, warmup_ratio, max_steps
         self.min_lr_ratio, self.eval_batch_size = min_lr_ratio, eval_batch_size
+        self.make_optimizer = optimizer  # param groups -> optimizer; None: AdamW
         self.save_hyperparameters(ignore=[  # scalars only: modules and arrays stay out
             "item_tower", "user_tower", "loss", "item_ids", "item_popularity",
-            "never_negative_mask", "long_tail_mask", "valid_examples", "test_examples"])
+            "never_negative_mask", "long_tail_mask", "valid_examples", "test_examples",
+            "optimizer"])
         counts = (np.ones(n_items) if item_popularity is None
                   else np.asarray(item_popularity, dtype=np.float64).reshape(-1))
         if counts.shape != (n_items,) or (counts < 0).any():
@@ -264,7 +267,8 @@ class TwoTowerModule(pl.LightningModule):
         for param in self.parameters():
             if param.requires_grad:  # no decay on biases, norms and scalars
                 groups.setdefault((id(param) in bert, param.dim() >= 2), []).append(param)
-        optimizer = torch.optim.AdamW(
+        make = self.make_optimizer or torch.optim.AdamW  # conf: module.optimizer (_partial_)
+        optimizer = make(
             [{"params": params, "lr": self.bert_lr if is_bert else self.lr,
               "weight_decay": self.weight_decay if decay else 0.0}
              for (is_bert, decay), params in groups.items()])
