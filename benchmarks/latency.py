@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.machine import provenance
     from engine.cli import positive_int
     from engine.session import sessions_from_examples
-    from pipeline.config import compose, load_split
+    from pipeline.config import compose, data_selector, load_split
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=main.__doc__)
     p.add_argument("--artifacts", type=Path, required=True, help="a run dir (towers + state)")
@@ -264,11 +264,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    root = Path(__file__).resolve().parent.parent
-    selector = (f"experiment={args.data}" if (root / "conf" / "experiment"
-                                              / f"{args.data}.yaml").exists()
-                else f"data={args.data}")
-    split = load_split(compose([selector, f"seed={args.seed}", *args.overrides]))
+    try:
+        split = load_split(compose([data_selector(args.data), f"seed={args.seed}",
+                                    *args.overrides]))
+    except Exception as err:  # hydra's config errors, DataError: one line, not a traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: --data {args.data} {' '.join(args.overrides)}".rstrip()
+              + f": {first} (a conf/data or conf/experiment name, valid --set overrides)",
+              file=sys.stderr)
+        return 2
+    if not (args.artifacts / "towers" / "towers.json").is_file():
+        print(f"error: {args.artifacts} holds no trained towers (towers/towers.json); pass a run "
+              "directory made by train.py", file=sys.stderr)
+        return 2
     n = max(args.sessions, args.rerank_sessions)
     rows = split.test.sample(n=n, replace=n > len(split.test), random_state=args.seed)
     sessions = sessions_from_examples(rows["hist_items"], rows["hist_types"],

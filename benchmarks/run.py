@@ -30,8 +30,10 @@ import numpy as np
 from benchmarks.latency import StepMemory, serving_speed
 from benchmarks.machine import machine_info as base_machine_info
 from benchmarks.systems import BenchmarkError
+from pipeline.config import data_selector
 
 ROOT = Path(__file__).resolve().parent.parent
+
 log = logging.getLogger("benchmarks.run")
 SYSTEMS = ("popularity", "bm25", "zero_shot", "two_tower_id", "two_tower_bert",
            "two_tower_bert_graph", "fusion", "ranker", "two_tower_bert+rerank", "ranker+rerank")
@@ -185,13 +187,6 @@ def machine_info() -> dict[str, Any]:
     return {**base_machine_info(LIBRARIES), "torch_threads": torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def data_selector(data: str) -> str:
-    """The dataset's benchmark setting, ``experiment=<data>`` (conf/experiment/), where one
-    exists; else ``data=<data>`` with the training defaults."""
-    return (f"experiment={data}" if (ROOT / "conf" / "experiment" / f"{data}.yaml").exists()
-            else f"data={data}")
 
 
 def compose_data_config(args: argparse.Namespace) -> dict[str, Any]:

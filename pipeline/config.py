@@ -22,6 +22,13 @@ def minilm_path() -> str:
 OmegaConf.register_new_resolver("minilm_path", minilm_path, replace=True)
 
 
+def data_selector(data: str) -> str:
+    """A dataset's benchmark setting, ``experiment=<data>`` (conf/experiment/), where one
+    exists; else ``data=<data>`` with the training defaults."""
+    return (f"experiment={data}" if (CONF_DIR / "experiment" / f"{data}.yaml").exists()
+            else f"data={data}")
+
+
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """``conf/<config_name>.yaml`` with Hydra overrides, as the entry scripts see it."""
     from hydra import compose as hydra_compose

@@ -338,3 +338,16 @@ def test_latency_cli_writes_per_stage_percentiles_with_provenance(tiny_ranked_ar
     stages = report["latency"]["without_rerank"]["stages_ms"]
     assert {"encode", "search", "rank", "total"} <= set(stages)
     assert stages["total"]["n"] == 12 and stages["total"]["p50"] > 0
+
+
+def test_latency_cli_refuses_bad_input_in_one_line(tmp_path: Path, capsys) -> None:
+    from benchmarks import latency
+
+    out = tmp_path / "latency.json"
+    assert latency.main(["--artifacts", str(tmp_path), "--data", "synthetic", "--sessions",
+                         "2", "--out", str(out)]) == 2
+    assert "holds no trained towers" in capsys.readouterr().err and not out.exists()
+    assert latency.main(["--artifacts", str(tmp_path), "--data", "nowhere", "--out",
+                         str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --data nowhere") and "\n" not in err
