@@ -60,7 +60,7 @@ def fine_tune(model: Any, examples: RefreshExamples, catalogue: pd.DataFrame, *,
         model.item_tower, model.user_tower,
         FullSoftmaxLoss(temperature=temperature, mask_history=mask_history),
         item_ids=model.item_ids, item_popularity=popularity.to_numpy(),
-        never_negative_mask=never_negative, lr=lr, warmup_ratio=0.0, max_steps=steps)
+        never_negative_mask=never_negative, lr=lr, max_steps=steps)
     holdout = data.valid if len(examples.holdout) else None
     before = module.evaluate(holdout) if holdout is not None else None
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,

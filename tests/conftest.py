@@ -49,7 +49,7 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
     texts = catalogue_texts(catalogue)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the untrained adapter and user tower: same artifacts every run
-        item_tower = ItemTower(tiny_bert_path, item_texts=texts, mode="frozen",
+        item_tower = ItemTower(tiny_bert_path, item_texts=texts, finetune=None,
                                show_progress=False)
         user_tower = UserTower(item_tower.dim, max_seq_len=TINY_MAX_SEQ_LEN, dropout=0.0)
     model = TwoTowerModel(item_tower, user_tower, catalogue["item_id"].tolist())

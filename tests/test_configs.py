@@ -63,6 +63,12 @@ def test_id_and_tiny_towers_instantiate(tmp_path: Path) -> None:
     cfg = _compose(["tower=tiny", f"artifacts_dir={tmp_path}", f"cache_dir={tmp_path}/c"])
     tiny = hydra.utils.instantiate(cfg.tower, item_texts=texts)
     assert tiny.n_items == 3 and tiny.all_item_emb().shape == (3, tiny.dim)
+    assert tiny.mode == "frozen" and not tiny.trainable_parameter_names()[0].startswith("bert.")
+    lora = hydra.utils.instantiate(_compose(["tower=tiny", f"artifacts_dir={tmp_path}",
+                                             "tower.finetune.mode=lora", "tower.finetune.lora_r=2",
+                                             f"cache_dir={tmp_path}/c"]).tower, item_texts=texts)
+    assert lora.mode == "lora" and lora.config["finetune"]["lora_r"] == 2
+    assert any("lora_" in name for name in lora.trainable_parameter_names())
 
 
 @pytest.mark.parametrize("choice", GROUPS["trainer"])
@@ -148,6 +154,16 @@ def test_module_and_callbacks_instantiate_from_conf(tmp_path: Path) -> None:
     optimizer = module.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.SGD)
     assert all(group["lr"] == pytest.approx(module.lr) for group in optimizer.param_groups)
+    for overrides, factors in (  # the schedule is the config's choice too
+            (["train.warmup_ratio=0.5"], [0.2, 0.4, 0.6, 0.8, 1.0]),
+            (["module.scheduler._target_=towers.schedules.constant",
+              "~module.scheduler.warmup_ratio", "~module.scheduler.min_lr_ratio"], [1.0] * 5)):
+        node = _compose([f"artifacts_dir={tmp_path}", *overrides]).module
+        module = hydra.utils.instantiate(node, item_tower=tower, user_tower=UserTower(8),
+                                         loss=FullSoftmaxLoss(), max_steps=10)
+        scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+        assert [f(step) for f in scheduler.lr_lambdas[:1] for step in range(5)] == \
+            pytest.approx(factors)
     checkpoint = hydra.utils.instantiate(cfg.callbacks.checkpoint)
     stopping = hydra.utils.instantiate(cfg.callbacks.early_stopping)
     assert isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor == "val/ndcg_at_10"

@@ -78,7 +78,7 @@ def test_graph_off_is_the_text_tower_and_on_needs_links(tiny_bert_path, dm, arra
 def test_each_mode_trains_the_entity_part(tiny_bert_path, dm, arrays, mode: str, agg: str
                                           ) -> None:
     torch.manual_seed(0)
-    tower = graph_tower(tiny_bert_path, dm, arrays, mode=mode, graph_agg=agg)
+    tower = graph_tower(tiny_bert_path, dm, arrays, finetune={"mode": mode}, graph_agg=agg)
     trainable = set(tower.trainable_parameter_names())
     assert {"graph.entity_emb.weight", "graph.proj.weight"} <= trainable
     module = _module(tower, dm)

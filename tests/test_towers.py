@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from recdata.schema import Event, SplitData
 from recdata.text import catalogue_texts
 from towers import (
     EmptySessionError,
+    FineTune,
     FullSoftmaxLoss,
     IdItemTower,
     InBatchSoftmaxLoss,
@@ -35,6 +37,7 @@ from towers import (
     save_towers,
 )
 from towers.bert import load_sentence_model
+from towers.schedules import warmup_cosine
 from towers.user_tower import PAD_TYPE, TYPE_INDEX
 
 N_ITEMS, N_GROUPS, NEW = 24, 4, ("i21", "i22", "i23")
@@ -310,7 +313,8 @@ def _step(module: TwoTowerModule, dm: SessionDataModule) -> dict[str, torch.Tens
 @pytest.mark.parametrize("mode", ["frozen", "top_layers", "lora", "full"])
 def test_each_mode_trains_exactly_its_parameters(tiny_bert_path, dm, mode: str) -> None:
     torch.manual_seed(0)
-    tower = _tower(tiny_bert_path, dm, mode=mode, top_layers=1, id_dim=8, id_dropout=0.0)
+    tower = _tower(tiny_bert_path, dm, finetune=FineTune(mode, top_layers=1), id_dim=8,
+                   id_dropout=0.0)
     bert_names = [n for n, _ in tower.named_parameters() if n.startswith("bert.")]
     trainable = set(tower.trainable_parameter_names())
     changed = set(_step(_module(tower, dm), dm))
@@ -338,8 +342,8 @@ def test_adapter_starts_as_identity_and_projection_keeps_geometry(tiny_bert_path
     assert vectors.shape == (N_ITEMS, 48)
     base = F.normalize(wide.base_item_emb, dim=-1)
     torch.testing.assert_close(vectors @ vectors.T, base @ base.T, atol=1e-5, rtol=1e-5)
-    with pytest.raises(TowerError, match="mode="):
-        _tower(tiny_bert_path, dm, mode="partial")
+    with pytest.raises(TowerError, match="finetune.mode must be one of"):
+        _tower(tiny_bert_path, dm, finetune={"mode": "partial"})
 
 
 def test_id_dropout_and_cold_items(tiny_bert_path, dm) -> None:
@@ -429,7 +433,7 @@ def test_save_load_gives_identical_embeddings(tiny_bert_path, dm, tmp_path, mode
     if mode == "id":
         tower = IdItemTower(dim=32, item_texts=dm.item_texts, item_popularity=dm.item_popularity)
     else:
-        tower = _tower(tiny_bert_path, dm, mode=mode, id_dim=8, id_dropout=0.0)
+        tower = _tower(tiny_bert_path, dm, finetune=FineTune(mode), id_dim=8, id_dropout=0.0)
     module = _module(tower, dm, kind="transformer")
     _step(module, dm)  # move every head off its initialisation
     model = module.model.eval()
@@ -453,6 +457,24 @@ def test_save_load_gives_identical_embeddings(tiny_bert_path, dm, tmp_path, mode
     meta_file.write_text(json.dumps({**meta, "fingerprint": "0" * 64}))
     with pytest.raises(TowerError, match="fingerprint"):
         load_towers(tmp_path / "towers")
+
+
+def test_towers_saved_with_flat_finetune_keys_still_load(tiny_bert_path, dm, tmp_path) -> None:
+    """Towers saved before the fine-tune settings became one sub-config (top_layers, lora_* as
+    plain tower keys) load as they did."""
+    torch.manual_seed(0)
+    model = _module(_tower(tiny_bert_path, dm, id_dim=8), dm).model.eval()
+    save_towers(model, tmp_path / "towers")
+    meta_file = tmp_path / "towers" / "item_tower" / "item_tower.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["config"].pop("finetune") == {"mode": "frozen", "top_layers": 2, "lora_r": 8,
+                                              "lora_alpha": 16.0, "lora_dropout": 0.1}
+    meta["config"].update(top_layers=2, lora_r=8, lora_alpha=16.0, lora_dropout=0.1)
+    meta_file.write_text(json.dumps(meta))
+    loaded = load_towers(tmp_path / "towers")
+    assert loaded.fingerprint() == model.fingerprint()
+    with pytest.raises(TowerError, match="unknown keys"):
+        _tower(tiny_bert_path, dm, finetune={"mode": "lora", "rank": 4})
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -489,7 +511,7 @@ def test_training_is_deterministic_with_a_seed(tiny_bert_path, dm) -> None:
     runs = []
     for _ in range(2):
         torch.manual_seed(123)
-        tower = _tower(tiny_bert_path, dm, mode="top_layers", top_layers=1, id_dim=8)
+        tower = _tower(tiny_bert_path, dm, finetune=FineTune("top_layers", top_layers=1), id_dim=8)
         runs.append(_losses(_module(tower, dm), dm, 3))
     assert runs[0] == runs[1]
 
@@ -499,9 +521,10 @@ def test_lightning_fit_validates_and_evaluates(tiny_bert_path, dm, mode: str) ->
     import pytorch_lightning as pl
 
     pl.seed_everything(0, verbose=False)
-    module = _module(_tower(tiny_bert_path, dm, mode=mode, top_layers=1, id_dim=8), dm)
+    tower = _tower(tiny_bert_path, dm, finetune=FineTune(mode, top_layers=1), id_dim=8)
+    module = _module(tower, dm)
     table = module.item_tower.base_item_emb.clone()
-    module.warmup_steps = 2
+    module.make_scheduler = partial(warmup_cosine, warmup_steps=2)
     trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0,
@@ -522,7 +545,8 @@ def test_lightning_fit_validates_and_evaluates(tiny_bert_path, dm, mode: str) ->
 
 def test_warmup_then_cosine_schedule(tiny_bert_path, dm) -> None:
     module = _module(_tower(tiny_bert_path, dm), dm)
-    module.max_steps, module.warmup_steps, module.lr = 10, 2, 1.0
+    module.max_steps, module.lr = 10, 1.0
+    module.make_scheduler = partial(warmup_cosine, warmup_steps=2)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"

@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "model_fingerprint": "towers.encoder_cache",
     "ITEM_TOWER_MODES": "towers.item_tower",
     "ItemTower": "towers.item_tower",
+    "FineTune": "towers.item_tower",
     "ResidualAdapter": "towers.heads",
     "IdItemTower": "towers.id_tower",
     "USER_ENCODERS": "towers.user_tower",

@@ -1,13 +1,13 @@
 """The item tower: a sentence-transformers BERT over item text, a residual adapter, and an
 optional ID embedding trained with ID dropout.
 
-Fine-tune modes (``mode``):
+Fine-tune modes (``finetune=FineTune(mode=...)``, ``tower.finetune`` in conf/tower/bert.yaml):
 
 - ``frozen``: BERT is never trained. Item base vectors are encoded once (through the encoder
   cache when ``cache_dir`` is set) into the buffer ``base_item_emb`` [n_items, d_text]; every
   step maps the whole catalogue through the adapter in one matmul.
-- ``top_layers``: the last ``top_layers`` transformer blocks are trained (the pooler is unused by
-  mean pooling, so it stays as it is).
+- ``top_layers``: the last ``FineTune.top_layers`` transformer blocks train (the pooler, unused by
+  mean pooling, stays as it is).
 - ``lora``: LoRA adapters (peft) on attention query/value; BERT's own weights stay fixed.
 - ``full``: every BERT weight is trained.
 
@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,41 @@ log = logging.getLogger(__name__)
 ITEM_TOWER_MODES: tuple[str, ...] = ("frozen", "top_layers", "lora", "full")
 
 
+@dataclass(frozen=True)
+class FineTune:
+    """How the item tower's BERT trains (``tower.finetune``): ``mode`` (see the module doc),
+    the blocks trained in ``top_layers`` mode, and the LoRA adapter's rank / scaling / dropout
+    in ``lora`` mode. The heads (adapter, ID embedding, entity part) always train."""
+
+    mode: str = "frozen"
+    top_layers: int = 2
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ITEM_TOWER_MODES:
+            raise TowerError(f"finetune.mode must be one of {list(ITEM_TOWER_MODES)}, got "
+                             f"{self.mode!r}")
+        if self.top_layers < 1 or self.lora_r < 1 or not 0.0 <= self.lora_dropout < 1.0:
+            raise TowerError(f"finetune needs top_layers >= 1, lora_r >= 1, 0 <= lora_dropout "
+                             f"< 1; got {self.top_layers}, {self.lora_r}, {self.lora_dropout}")
+
+    @classmethod
+    def of(cls, value: FineTune | Mapping[str, Any] | None) -> FineTune:
+        """``value`` as a FineTune: None = frozen; a mapping (a config node) = its keys."""
+        if value is None or isinstance(value, FineTune):
+            return value or cls()
+        if not isinstance(value, Mapping):
+            raise TowerError(f"finetune must be a FineTune or a mapping of its fields; got "
+                             f"{type(value).__name__}")
+        unknown = sorted(set(value) - {f.name for f in fields(cls)} - {"_target_"})
+        if unknown:
+            raise TowerError(f"finetune: unknown keys {unknown}; expected "
+                             f"{[f.name for f in fields(cls)]}")
+        return cls(**{k: v for k, v in value.items() if k != "_target_"})
+
+
 class ItemTower(nn.Module):
     """BERT text vector -> residual adapter (+ ID embedding) (+ entity part) -> L2-normalised
     item vector. ``graph=True`` adds :class:`towers.graph.EntityEncoder` over ``item_graph``
@@ -66,16 +102,12 @@ class ItemTower(nn.Module):
         model_path: str,
         item_texts: Sequence[str] | None = None,
         n_items: int | None = None,
-        mode: str = "frozen",
+        finetune: FineTune | Mapping[str, Any] | None = None,
         output_dim: int | None = None,
         adapter_hidden: int | None = None,
         id_dim: int = 0,
         id_dropout: float = 0.5,
         item_popularity: Sequence[float] | np.ndarray | None = None,
-        top_layers: int = 2,
-        lora_r: int = 8,
-        lora_alpha: float = 16.0,
-        lora_dropout: float = 0.1,
         query_texts: Sequence[str] | None = None,
         cache_dir: str | None = None,
         max_seq_length: int | None = None,
@@ -87,20 +119,18 @@ class ItemTower(nn.Module):
         graph_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if mode not in ITEM_TOWER_MODES:
-            raise TowerError(f"mode= must be one of {list(ITEM_TOWER_MODES)}, got {mode!r}")
+        tune = FineTune.of(finetune)
         texts = n_items_from(item_texts, n_items)
         n_items = len(texts) if texts is not None else int(n_items)  # type: ignore[arg-type]
-        if not 0.0 <= id_dropout <= 1.0 or id_dim < 0 or top_layers < 1:
-            raise TowerError(f"need 0 <= id_dropout <= 1, id_dim >= 0, top_layers >= 1; got "
-                             f"{id_dropout}, {id_dim}, {top_layers}")
-        self.mode, self.n_items, self.id_dropout = mode, n_items, float(id_dropout)
+        if not 0.0 <= id_dropout <= 1.0 or id_dim < 0:
+            raise TowerError(f"need 0 <= id_dropout <= 1, id_dim >= 0; got {id_dropout}, "
+                             f"{id_dim}")
+        self.mode, self.n_items, self.id_dropout = tune.mode, n_items, float(id_dropout)
         self.cache_dir, self.batch_size = cache_dir, encode_batch_size
         self.show_progress = show_progress
         self.config: dict[str, Any] = {
             "output_dim": output_dim, "adapter_hidden": adapter_hidden, "id_dim": id_dim,
-            "id_dropout": id_dropout, "top_layers": top_layers,
-            "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+            "id_dropout": id_dropout, "finetune": asdict(tune),
             "max_seq_length": max_seq_length, "encode_batch_size": encode_batch_size,
             "graph": bool(graph), "graph_agg": graph_agg, "graph_spec": dict(graph_spec or {})}
         self.bert = load_sentence_model(model_path, max_seq_length=max_seq_length)
@@ -126,20 +156,20 @@ class ItemTower(nn.Module):
             self.graph = build_entity_encoder(
                 item_graph, graph_agg, self.n_items, self.d_text, self.dim,
                 encode=(lambda names: self._encode_base(names, use_cache=True)) if texts else None)
-        self._configure_trainable(top_layers, lora_r, lora_alpha, lora_dropout)
+        self._configure_trainable(tune)
         if query_texts:
             self.set_query_texts(query_texts)
 
     # ---- configuration -------------------------------------------------------------------
-    def _configure_trainable(self, top_layers: int, r: int, alpha: float, dropout: float) -> None:
+    def _configure_trainable(self, tune: FineTune) -> None:
         for param in self.bert.parameters():
             param.requires_grad_(self.mode == "full")
         if self.mode == "top_layers":
             layers = transformer_layers(self.bert)
-            for param in layers[-min(top_layers, len(layers)):].parameters():
+            for param in layers[-min(tune.top_layers, len(layers)):].parameters():
                 param.requires_grad_(True)
         elif self.mode == "lora":
-            apply_lora(self.bert, r, alpha, dropout)
+            apply_lora(self.bert, tune.lora_r, tune.lora_alpha, tune.lora_dropout)
             for name, param in self.bert.named_parameters():
                 param.requires_grad_("lora_" in name)
         if self.mode == "frozen":
@@ -313,8 +343,12 @@ class ItemTower(nn.Module):
                           "item_entity": state["graph.item_entity"],
                           "item_relation": state["graph.item_relation"]}
         config = dict(meta["config"])
-        config.pop("text_dropout", None)  # towers saved before that experiment was removed
-        tower = cls(model_path=str(src / "item_bert"), n_items=meta["n_items"], mode="frozen",
+        # towers saved before the text_dropout experiment was removed, and before the fine-tune
+        # settings became one sub-config; a loaded tower serves frozen (LoRA merged) anyway
+        for old in ("text_dropout", "top_layers", "lora_r", "lora_alpha", "lora_dropout",
+                    "finetune"):
+            config.pop(old, None)
+        tower = cls(model_path=str(src / "item_bert"), n_items=meta["n_items"],
                     show_progress=False, item_graph=item_graph, **config)
         missing, unexpected = tower.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("bert.")]

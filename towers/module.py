@@ -24,6 +24,7 @@ from evaluation import RankingEvaluator
 from towers.datamodule import EvalExamples
 from towers.errors import TowerError
 from towers.model import TwoTowerModel
+from towers.schedules import warmup_cosine
 from towers.user_tower import UserTower
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,10 @@ class TwoTowerModule(pl.LightningModule):
         lr: float = 1e-3,
         bert_lr: float = 2e-5,
         weight_decay: float = 0.01,
-        warmup_steps: int = 0,
-        warmup_ratio: float = 0.0,
         max_steps: int | None = None,
-        min_lr_ratio: float = 0.0,
         eval_batch_size: int = 256,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[[torch.optim.Optimizer, int], Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = TwoTowerModel(item_tower, user_tower, item_ids)
@@ -72,13 +71,13 @@ class TwoTowerModule(pl.LightningModule):
         n_items = self.n_items = item_tower.n_items
         self.valid_examples, self.test_examples = valid_examples, test_examples
         self.lr, self.bert_lr, self.weight_decay = lr, bert_lr, weight_decay
-        self.warmup_steps, self.warmup_ratio, self.max_steps = warmup_steps, warmup_ratio, max_steps
-        self.min_lr_ratio, self.eval_batch_size = min_lr_ratio, eval_batch_size
+        self.max_steps, self.eval_batch_size = max_steps, eval_batch_size
         self.make_optimizer = optimizer  # param groups -> optimizer; None: AdamW
+        self.make_scheduler = scheduler  # (optimizer, total steps) -> scheduler; None: cosine
         self.save_hyperparameters(ignore=[  # scalars only: modules and arrays stay out
             "item_tower", "user_tower", "loss", "item_ids", "item_popularity",
             "never_negative_mask", "long_tail_mask", "valid_examples", "test_examples",
-            "optimizer"])
+            "optimizer", "scheduler"])
         counts = (np.ones(n_items) if item_popularity is None
                   else np.asarray(item_popularity, dtype=np.float64).reshape(-1))
         if counts.shape != (n_items,) or (counts < 0).any():
@@ -276,15 +275,7 @@ class TwoTowerModule(pl.LightningModule):
         if not math.isfinite(total) or total < 1:
             raise TowerError("the cosine schedule needs a finite number of steps: set max_steps "
                              "on the module or max_steps / max_epochs on the Trainer")
-        warmup = self.warmup_steps or int(self.warmup_ratio * total)
-        floor = self.min_lr_ratio
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        make = self.make_scheduler or warmup_cosine  # conf: module.scheduler (_partial_)
+        scheduler = make(optimizer, int(total))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
