@@ -55,8 +55,9 @@ DATASETS = ("amazon_scientific", "movielens", "synthetic", "files")
 QUICK_DATA = ["data.options.n_items=150", "data.options.n_users=80"]
 QUICK_TRAIN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=none",
                "train.batch_size=32", "train.eval_batch_size=64"]
-QUICK_RERANK = ["rerank.max_train_examples=16", "rerank.max_valid_groups=8", "rerank.max_steps=2",
-                "rerank.candidates_n=20", "rerank.max_length=32", "rerank.groups_per_step=4"]
+QUICK_RERANK = ["rerank.mining.max_train_examples=16", "rerank.max_valid_groups=8",
+                "rerank.training.max_steps=2", "rerank.mining.candidates_n=20",
+                "rerank.model.max_length=32", "rerank.training.groups_per_step=4"]
 QUICK_RANKER = ["ranking.lightgbm.num_boost_round=20", "ranking.lightgbm.min_data_in_leaf=5"]
 QUICK_INDEX_SCALE = ["--sizes", "2000", "--queries", "50", "--single-queries", "20", "--kinds",
                      "flat", "hnsw", "--ef-search", "16", "64", "--clusters", "20"]

@@ -100,12 +100,15 @@ def read_config(paths: ArtifactPaths) -> dict[str, Any]:
 
 def policy_from_config(config: dict[str, Any], tuned: dict[str, Any] | None = None
                        ) -> RerankPolicy:
-    """``RerankPolicy`` from the config's ``rerank`` group (conf/rerank/*.yaml keys); ``tuned``
-    (chosen on validation by the reranker stage) adds its per-user-group ``rules``
+    """``RerankPolicy`` from the config's ``rerank.policy`` node (conf/rerank/*.yaml; a run
+    saved before the rerank config was split into nodes has the same keys flat in ``rerank``);
+    ``tuned`` (chosen on validation by the reranker stage) adds its per-user-group ``rules``
     (``policy.json``) or overrides ``blend_alpha`` (the older ``blend.json``)."""
     from rerank import RerankPolicy
 
     group = config.get("rerank") or {}
+    if isinstance(group, dict) and isinstance(group.get("policy"), dict):
+        group = group["policy"]
     kwargs = {k: group[k] for k in POLICY_KEYS if isinstance(group, dict) and k in group}
     if tuned and "blend_alpha" in tuned:
         kwargs["blend_alpha"] = float(tuned["blend_alpha"])

@@ -98,7 +98,8 @@ def build_sources(names: Sequence[str], model: Any, catalogue: pd.DataFrame,
     known = ("towers", "bm25")
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"rerank.neg_sources must be drawn from {list(known)}; got {unknown}")
+        raise ValueError(f"rerank.mining.neg_sources must be drawn from {list(known)}; "
+                         f"got {unknown}")
     sources: dict[str, CandidateSource] = {}
     for name in names:
         if name == "towers":

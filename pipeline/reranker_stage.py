@@ -4,7 +4,7 @@ candidate sources, is exported for CPU serving, and is switched on only where it
 Steps (:func:`train_reranker_for_run`): mine negatives for the training sessions from the
 sources (towers, BM25), never an item without training interactions or held out as new ->
 listwise training under a time budget -> save (fp32 weights, plus the ONNX / int8 export
-``rerank.backend`` / ``rerank.quantize`` ask for) -> reload exactly as the engine will ->
+``rerank.model.backend`` / ``.quantize`` ask for) -> reload exactly as the engine will ->
 score the towers' top-N on the *full* validation split, warm contexts and contexts cut to
 1-3 item events (cold) -> per user group, keep the reranker only where its NDCG@10 lift over
 the towers' order has a bootstrap CI above zero -> ``reranker/policy.json``.
@@ -40,21 +40,22 @@ def negative_pool(split: SplitData) -> set[str]:
 
 
 def training_groups(split: SplitData, sources: Mapping[str, Any], texts: Mapping[str, str],
-                    titles: Mapping[str, str], rcfg: Mapping[str, Any], seed: int
+                    titles: Mapping[str, str], mining: Mapping[str, Any], max_events: int,
+                    seed: int
                     ) -> tuple[pd.DataFrame, list[list[str]], list[tuple[str, list[str]]]]:
-    """The shuffled training rows, their mined negative ids and the listwise groups."""
+    """The shuffled training rows, their mined negative ids and the listwise groups
+    (``mining``: the ``rerank.mining`` node; contexts of the last ``max_events`` events)."""
     from rerank import build_train_groups, mine_negatives
 
     train = split.train.sample(frac=1.0, random_state=seed)
-    cap = rcfg.get("max_train_examples")
+    cap = mining.get("max_train_examples")
     if cap:
         train = train.iloc[:int(cap)]
     negatives = mine_negatives(train, sources, negative_pool(split),
-                               n_candidates=int(rcfg["candidates_n"]),
-                               n_hard=int(rcfg["n_hard"]), n_random=int(rcfg["n_random"]),
+                               n_candidates=int(mining["candidates_n"]),
+                               n_hard=int(mining["n_hard"]), n_random=int(mining["n_random"]),
                                seed=seed)
-    groups = build_train_groups(train, negatives, texts, titles,
-                                max_events=int(rcfg["context_max_events"]))
+    groups = build_train_groups(train, negatives, texts, titles, max_events=int(max_events))
     return train, negatives, groups
 
 
@@ -120,7 +121,8 @@ def pair_length_stats(reranker: Any, rows: list[tuple[str, list[str]]]) -> dict[
 def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[str, Any],
                            seed: int, model_path: str) -> dict[str, Any]:
     """Train, export, evaluate and decide (module docstring); writes ``run_dir/reranker`` and
-    ``reranker/policy.json``; returns the metrics."""
+    ``reranker/policy.json``; returns the metrics. ``rcfg``: the ``rerank`` config (its nodes
+    ``model``, ``policy``, ``mining``, ``training`` go to their consumers as they are)."""
     from engine.artifacts import ArtifactPaths, load_catalogue, save_json
     from engine.loading import policy_from_config
     from engine.state import run_stamp
@@ -128,31 +130,28 @@ def train_reranker_for_run(run_dir: str | Path, split: SplitData, rcfg: Mapping[
     from rerank.evaluate import decide_rules, segment_report
     from towers import load_towers
 
+    if hasattr(rcfg, "_metadata"):  # a Hydra node: plain containers for the libraries
+        from omegaconf import OmegaConf
+
+        rcfg = OmegaConf.to_container(rcfg, resolve=True)  # type: ignore[assignment]
+    model_cfg, mining = dict(rcfg["model"]), dict(rcfg["mining"])
     run_dir = Path(run_dir)
     ArtifactPaths(run_dir).check_split(split.fingerprint)  # candidates must come from this split
     model = load_towers(run_dir / "towers")
     catalogue = load_catalogue(run_dir)
     texts = dict(zip(catalogue["item_id"], catalogue["text"]))
     titles = dict(zip(catalogue["item_id"], catalogue["title"]))
-    sources = build_sources(list(rcfg["neg_sources"]), model, catalogue,
-                            int(rcfg["context_max_events"]))
+    max_events = int(model_cfg["context_max_events"])
+    sources = build_sources(list(mining["neg_sources"]), model, catalogue, max_events)
     started = time.perf_counter()
-    train, _, groups = training_groups(split, sources, texts, titles, rcfg, seed)
+    train, _, groups = training_groups(split, sources, texts, titles, mining, max_events, seed)
     log.info("mined negatives for %d training sessions in %.0f s", len(groups),
              time.perf_counter() - started)
-    reranker = Reranker(model_path, max_length=int(rcfg["max_length"]),
-                        num_layers=rcfg.get("num_layers"), backend=str(rcfg["backend"]),
-                        quantize=str(rcfg["quantize"]), seed=seed,
-                        batch_size=int(rcfg["score_batch_size"]),
-                        context_max_events=int(rcfg["context_max_events"]))
-    metrics = train_reranker(reranker, groups, epochs=int(rcfg["epochs"]),
-                             groups_per_step=int(rcfg["groups_per_step"]), lr=float(rcfg["lr"]),
-                             warmup_ratio=float(rcfg["warmup_ratio"]),
-                             max_steps=rcfg.get("max_steps"),
-                             budget_cpu_seconds=rcfg.get("budget_cpu_seconds"), seed=seed)
+    reranker = Reranker(model_path, seed=seed, **model_cfg)
+    metrics = train_reranker(reranker, groups, seed=seed, **dict(rcfg["training"]))
     reranker.save(run_dir / "reranker", stamp=run_stamp(ArtifactPaths(run_dir)))
     served = Reranker.load(run_dir / "reranker")  # what the engine will score with
-    policy = policy_from_config({"rerank": dict(rcfg)})
+    policy = policy_from_config({"rerank": {"policy": dict(rcfg["policy"])}})
     valid = split.valid
     if rcfg.get("max_valid_groups"):
         valid = valid.sample(n=min(int(rcfg["max_valid_groups"]), len(valid)),

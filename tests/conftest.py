@@ -61,7 +61,7 @@ def _write_tiny_artifacts(root: Path, tiny_bert_path: str) -> None:
     paths.config.write_text(tiny_config_yaml(base=root.parent))
 
 
-TINY_OVERRIDES = ["data.options.n_items=120", "data.options.n_users=60", "rerank.top_n=10",
+TINY_OVERRIDES = ["data.options.n_items=120", "data.options.n_users=60", "rerank.policy.top_n=10",
                   "logger=none"]
 
 

@@ -7,6 +7,7 @@ loop on an easy synthetic task, and save/load and int8 agreement on the trained 
 
 from __future__ import annotations
 
+import inspect
 import random
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from recdata.schema import DataError
@@ -454,16 +456,24 @@ def test_configs_compose_and_feed_the_library(choice: str, tiny_model_dir: Path)
     conf_dir = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(overrides=[f"+rerank={choice}"]).rerank
-    policy = RerankPolicy(mode=cfg.mode, top_n=cfg.top_n, cold_max_events=cfg.cold_max_events,
-                          blend_alpha=cfg.blend_alpha, rerank_segments=list(cfg.rerank_segments),
-                          standardize=cfg.standardize)
+    nodes = OmegaConf.to_container(cfg, resolve=True)
+    policy = RerankPolicy(**nodes["policy"])  # each node is its consumer's keyword arguments
     assert policy.top_n == 20
-    for key in ("n_hard", "n_random", "neg_sources", "epochs", "groups_per_step", "lr",
-                "warmup_ratio", "max_steps", "budget_cpu_seconds"):
-        assert key in cfg
-    assert (cfg.backend, cfg.quantize) == ("onnx", "int8")
+    assert set(nodes["mining"]) == {"neg_sources", "candidates_n", "n_hard", "n_random",
+                                    "max_train_examples"}
+    assert set(nodes["training"]) <= set(inspect.signature(train_reranker).parameters)
+    assert (cfg.model.backend, cfg.model.quantize) == ("onnx", "int8")
     expected = (48, 3) if choice == "fast" else (64, None)
-    assert (cfg.max_length, cfg.num_layers) == expected
-    reranker = Reranker(tiny_model_dir, max_length=cfg.max_length, num_layers=1,
-                        backend=cfg.backend, quantize=cfg.quantize)
+    assert (cfg.model.max_length, cfg.model.num_layers) == expected
+    reranker = Reranker(tiny_model_dir, **{**nodes["model"], "num_layers": 1})
     assert reranker.score("search: w1", ["w1", "w2"]).shape == (2,)
+
+
+def test_policy_is_read_from_split_and_from_old_flat_configs() -> None:
+    """A run's config.yaml: the policy node, or (runs saved before the split) flat keys."""
+    from engine.loading import policy_from_config
+
+    for group in ({"policy": {"top_n": 7, "mode": "never"}, "model": {"max_length": 64}},
+                  {"top_n": 7, "mode": "never", "max_length": 64}):
+        policy = policy_from_config({"rerank": group})
+        assert (policy.top_n, policy.mode) == (7, "never")

@@ -98,8 +98,9 @@ def test_reranker_stage_writes_model_onnx_and_policy(tiny_run: Path) -> None:
     root = tiny_run.parent
     train.main([*TINY, f"artifacts_dir={root}", f"cache_dir={root}/cache", "run_name=tiny",
                 "stage=reranker", f"rerank.model_path={root / '_tiny_bert'}",
-                "rerank.max_train_examples=40", "rerank.max_valid_groups=30",
-                "rerank.max_steps=3", "rerank.groups_per_step=4", "rerank.max_length=32"])
+                "rerank.mining.max_train_examples=40", "rerank.max_valid_groups=30",
+                "rerank.training.max_steps=3", "rerank.training.groups_per_step=4",
+                "rerank.model.max_length=32"])
     reranker_dir = tiny_run / "reranker"
     assert (reranker_dir / "model" / "onnx" / "model.onnx").is_file()
     assert list((reranker_dir / "model" / "onnx").glob("model_qint8_*.onnx"))
@@ -129,10 +130,9 @@ def test_reranker_training_groups_contain_no_held_out_or_unseen_item() -> None:
     titles = dict(zip(ids, split.catalogue["title"]))
     # an unmasked source: every catalogue item, the banned ones first
     everything = sorted(ids, key=lambda i: i not in banned)
-    rcfg = {"candidates_n": len(ids), "n_hard": 10, "n_random": 5, "context_max_events": 5,
-            "max_train_examples": None}
+    mining = {"candidates_n": len(ids), "n_hard": 10, "n_random": 5, "max_train_examples": None}
     rows, negatives, groups = training_groups(split, {"all": lambda r, n: [everything] * len(r)},
-                                              texts, titles, rcfg, seed=0)
+                                              texts, titles, mining, max_events=5, seed=0)
     assert len(groups) == len(rows) > 0 and all(len(n) == 15 for n in negatives)
     for target, history, negs in zip(rows["target"], rows["hist_items"], negatives):
         assert str(target) not in banned
