@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.cli import DEFAULT_SERVE_THREADS
+
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("encode", "search", "rank", "rerank", "total")
@@ -130,28 +132,37 @@ def measure_latency(
     n_plain: int,
     n_rerank: int,
     warmup: int = 5,
+    threads: int = DEFAULT_SERVE_THREADS,
 ) -> dict[str, Any]:
     """Latency without rerank (``n_plain`` sessions) and with it (``n_rerank``) through
-    ``engine.Recommender.from_artifacts``; an unavailable engine is reported, not raised."""
+    ``engine.Recommender.from_artifacts`` with ``threads`` intra-op threads (torch and FAISS;
+    the service's default), restored afterwards; an unavailable engine is reported, not
+    raised."""
     try:
         from engine import Recommender
+        from engine.loading import restore_compute_threads, set_compute_threads
     except ImportError as err:
         return {"error": f"engine.Recommender is not importable: {err}"}
-    out: dict[str, Any] = {"artifacts": str(artifacts_dir), "warmup_sessions": warmup}
-    for label, rerank, count in (("without_rerank", False, n_plain),
-                                 ("with_rerank", True, n_rerank)):
-        if count <= 0:
-            out[label] = {"skipped": "0 sessions requested"}
-            continue
-        try:
-            recommender = Recommender.from_artifacts(artifacts_dir, rerank=rerank)
-        except (ValueError, OSError) as err:
-            out[label] = {"error": f"Recommender.from_artifacts({str(artifacts_dir)!r}, "
-                                   f"rerank={rerank}) failed: {err}"}
-            continue
-        out[label] = replay(recommender, list(sessions[:count]), warmup)
-        log.info("latency %s: %s", label, out[label]["stages_ms"]["total"])
-        del recommender
+    out: dict[str, Any] = {"artifacts": str(artifacts_dir), "warmup_sessions": warmup,
+                           "threads": threads}
+    before = set_compute_threads(threads)
+    try:
+        for label, rerank, count in (("without_rerank", False, n_plain),
+                                     ("with_rerank", True, n_rerank)):
+            if count <= 0:
+                out[label] = {"skipped": "0 sessions requested"}
+                continue
+            try:
+                recommender = Recommender.from_artifacts(artifacts_dir, rerank=rerank)
+            except (ValueError, OSError) as err:
+                out[label] = {"error": f"Recommender.from_artifacts({str(artifacts_dir)!r}, "
+                                       f"rerank={rerank}) failed: {err}"}
+                continue
+            out[label] = replay(recommender, list(sessions[:count]), warmup)
+            log.info("latency %s: %s", label, out[label]["stages_ms"]["total"])
+            del recommender
+    finally:
+        restore_compute_threads(before)
     return out
 
 
@@ -244,8 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     import sys
 
-    import torch
-
     from benchmarks.machine import provenance
     from engine.cli import positive_int
     from engine.session import sessions_from_examples
@@ -258,12 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--sessions", type=positive_int, default=1000)
     p.add_argument("--rerank-sessions", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=DEFAULT_SERVE_THREADS,
+                   help="intra-op threads (torch, FAISS) per call; default "
+                        f"{DEFAULT_SERVE_THREADS}, as `python -m serve`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
     try:
         split = load_split(compose([data_selector(args.data), f"seed={args.seed}",
                                     *args.overrides]))
@@ -282,10 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sessions = sessions_from_examples(rows["hist_items"], rows["hist_types"],
                                       rows["hist_queries"], k=10)
     load = os.getloadavg()
-    latency = measure_latency(args.artifacts, sessions, args.sessions, args.rerank_sessions)
+    latency = measure_latency(args.artifacts, sessions, args.sessions, args.rerank_sessions,
+                              threads=args.threads)
     report = {**provenance("python -m benchmarks.latency " + " ".join(argv or sys.argv[1:]),
                            args.seed, ("torch", "faiss-cpu", "lightgbm", "bm25s")),
-              "torch_threads": args.threads, "load_average_start_end": [load, os.getloadavg()],
+              "threads": args.threads, "load_average_start_end": [load, os.getloadavg()],
               "test_rows_sampled": n, "latency": latency}
     from storage import write_file
 

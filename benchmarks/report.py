@@ -318,9 +318,10 @@ def _ranking_sections(payload: Mapping[str, Any]) -> list[str]:
 
 
 def _speed_sections(payload: Mapping[str, Any]) -> list[str]:
-    out = ["", "## Speed", "", "### Serving latency (engine.Recommender.recommend, one session "
-           "at a time, warm)", ""]
     latency = payload.get("latency") or {}
+    out = ["", "## Speed", "", "### Serving latency (engine.Recommender.recommend, one session "
+           f"at a time, warm, {latency.get('threads', 'default')} intra-op thread(s) as the "
+           "service)", ""]
     rows = []
     for label in ("without_rerank", "with_rerank"):
         run = latency.get(label) or {}

@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_ARTIFACTS = "artifacts/demo"
+# intra-op threads (torch and FAISS) per engine call when serving: one request is a handful of
+# small matrix products, which a second thread only slows (its start-up and wake-ups cost more
+# than it saves, and under load the threads of concurrent requests fight over the cores);
+# concurrency comes from serving requests side by side (`python -m serve --engine-threads`)
+DEFAULT_SERVE_THREADS = 1
 
 
 def positive_int(text: str) -> int:

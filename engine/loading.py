@@ -67,6 +67,34 @@ def quiet_libraries() -> None:
         os.environ.setdefault(name, value)
 
 
+def set_compute_threads(n: int) -> dict[str, int]:
+    """Intra-op threads of torch and of FAISS (a separate OpenMP runtime: torch's setting does
+    not reach it) for this process; returns the previous settings, for :func:`restore`."""
+    import torch
+
+    before = {"torch": torch.get_num_threads()}
+    torch.set_num_threads(int(n))
+    try:
+        import faiss
+
+        before["faiss"] = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(int(n))
+    except (ImportError, AttributeError):  # a FAISS build without OpenMP
+        pass
+    return before
+
+
+def restore_compute_threads(before: dict[str, int]) -> None:
+    """Undo :func:`set_compute_threads` with what it returned."""
+    import torch
+
+    torch.set_num_threads(before["torch"])
+    if "faiss" in before:
+        import faiss
+
+        faiss.omp_set_num_threads(before["faiss"])
+
+
 def resolve_device(use_gpu: bool | None) -> str:
     """``cuda`` when a GPU is wanted (True) or allowed (None) and torch sees one, else ``cpu``."""
     import torch

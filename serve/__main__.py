@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from engine.artifacts import ArtifactPaths
-from engine.cli import DEFAULT_ARTIFACTS, port_number, positive_int
-from engine.loading import log_to_stderr, quiet_libraries
+from engine.cli import DEFAULT_ARTIFACTS, DEFAULT_SERVE_THREADS, port_number, positive_int
+from engine.loading import log_to_stderr, quiet_libraries, set_compute_threads
 from recdata.eventlog import LOG_FILE, EventLog
 from serve.auth import AuthConfigError, keys_from_env, keys_from_file
 from serve.privacy import USER_KEY_ENV, UserKeyError, key_from_env, key_from_file
@@ -28,7 +28,6 @@ DEFAULT_PORT = 8000
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_BATCH = 256
 DEFAULT_ENGINE_THREADS = 2
-DEFAULT_TORCH_THREADS = 1
 DEFAULT_MAX_RESULTS = 10_000
 DEFAULT_RELOAD_EVERY_S = 5.0  # serve.reload's default, repeated to keep imports light
 
@@ -54,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine-threads", type=positive_int, default=DEFAULT_ENGINE_THREADS,
                         help="engine calls running at once; more queue (default "
                              f"{DEFAULT_ENGINE_THREADS}, the target's CPU cores)")
-    parser.add_argument("--torch-threads", type=positive_int, default=DEFAULT_TORCH_THREADS,
-                        help="torch intra-op threads per engine call (default "
-                             f"{DEFAULT_TORCH_THREADS}: no oversubscription)")
+    parser.add_argument("--torch-threads", type=positive_int, default=DEFAULT_SERVE_THREADS,
+                        help="intra-op threads (torch and FAISS) per engine call (default "
+                             f"{DEFAULT_SERVE_THREADS}: no oversubscription)")
     parser.add_argument("--max-body-bytes", type=positive_int, default=DEFAULT_MAX_BODY_BYTES,
                         help=f"larger bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
     parser.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         from engine.recommender import Recommender
         from engine.state import state_store
 
-        torch.set_num_threads(args.torch_threads)
+        set_compute_threads(args.torch_threads)
         state_store(paths.root).tidy()  # what a killed writer left (skipped if one is writing)
         recommender = Recommender.from_artifacts(paths.root, rerank=not args.no_rerank)
         # opened (locked, torn tail recovered) before uvicorn, so a second writer fails here

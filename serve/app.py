@@ -144,7 +144,8 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
 
     ``api_keys``: None reads ``FIRSTCLICK_API_KEYS`` (set but without a usable key:
     AuthConfigError); an empty set turns auth off, explicitly (logged as a warning).
-    ``torch_threads``: when set, ``torch.set_num_threads`` at start-up (process-wide).
+    ``torch_threads``: when set, torch's and FAISS's intra-op threads at start-up (process-wide,
+    ``engine.loading.set_compute_threads``).
     ``max_results``: items one request may ask for in all (k x sessions).
     ``event_log``: the folder of the event log (``<artifacts>/events``, or an opened
     ``EventLog``) that ``POST /events`` appends to and the live counts are rebuilt from; None:
@@ -180,9 +181,9 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.torch_threads:
-            import torch
+            from engine.loading import set_compute_threads
 
-            torch.set_num_threads(state.torch_threads)
+            set_compute_threads(state.torch_threads)
         if state.recommender is None:
             from engine.loading import quiet_libraries
             from engine.state import state_store

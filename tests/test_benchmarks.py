@@ -338,6 +338,37 @@ def test_latency_cli_writes_per_stage_percentiles_with_provenance(tiny_ranked_ar
     stages = report["latency"]["without_rerank"]["stages_ms"]
     assert {"encode", "search", "rank", "total"} <= set(stages)
     assert stages["total"]["n"] == 12 and stages["total"]["p50"] > 0
+    assert report["latency"]["threads"] == report["threads"] == 1  # the service's default
+
+
+def test_latency_runs_with_the_services_threads_and_restores_them(tiny_ranked_artifacts: Path,
+                                                                  monkeypatch) -> None:
+    """The engine is timed with the intra-op threads the service uses (torch and FAISS), and
+    the process's own settings come back afterwards, also when the engine fails."""
+    import faiss
+    import torch
+
+    from benchmarks.latency import measure_latency
+    from engine import Recommender
+
+    seen = []
+    real = Recommender.recommend
+
+    def spy(self, *args, **kwargs):
+        seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recommender, "recommend", spy)
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    session = {"events": [{"type": "search", "query": "lamp"}], "k": 3}
+    out = measure_latency(tiny_ranked_artifacts, [session] * 3, 3, 0, warmup=1, threads=1)
+    assert out["threads"] == 1 and out["without_rerank"]["stages_ms"]["total"]["n"] == 3
+    assert seen and set(seen) == {(1, 1)}
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    monkeypatch.setattr(Recommender, "recommend", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        measure_latency(tiny_ranked_artifacts, [session], 1, 0, warmup=1, threads=1)
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
 
 
 def test_latency_cli_refuses_bad_input_in_one_line(tmp_path: Path, capsys) -> None:
