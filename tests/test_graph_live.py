@@ -170,6 +170,13 @@ def test_an_upserted_trained_item_keeps_its_new_links_after_a_reload(artifacts: 
                                    rec.graph._items[item_id][part], atol=1e-6)
     assert graph_reason(reloaded, item_id, clicked) == said
     assert reasons_for(reloaded, clicked) == before
+    # a refresh re-encodes it as it was upserted
+    from pipeline.finetune import catalogue_vectors
+
+    catalogue = reloaded.catalogue
+    ids = catalogue["item_id"].tolist()
+    vectors, _ = catalogue_vectors(reloaded.model, ids, catalogue["text"].tolist(), catalogue)
+    np.testing.assert_allclose(vectors[ids.index(item_id)], vec[0], atol=1e-5)
     # an index rebuild keeps the upserted vector, not the one the towers trained
     import build_index
 
