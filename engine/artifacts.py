@@ -30,10 +30,15 @@ if TYPE_CHECKING:
 
 CATALOGUE_FILE = "catalogue.parquet"
 # catalogue.parquet columns: the item's fields, the text the towers read (recdata.item_text),
-# its training popularity and its segment (head | long_tail | new).
+# its training popularity, its segment (head | long_tail | new) and, with a graph tower, the
+# entity links the engine drew from the fields of an item added or upserted live ("links": a
+# JSON list of [relation, entity] pairs; null for the items whose links the towers hold).
 CATALOGUE_COLUMNS: tuple[str, ...] = (
     "item_id", "title", "text", "category", "brand", "created_ts", "popularity", "segment",
+    "links",
 )
+# columns a catalogue part written by an earlier version may lack: read as null
+OPTIONAL_CATALOGUE_COLUMNS: tuple[str, ...] = ("links",)
 ITEM_SEGMENTS: tuple[str, ...] = ("head", "long_tail", "new")
 PARTS: tuple[str, ...] = ("config", "towers", "catalogue", "reranker", "index", "metrics",
                           "state")
@@ -230,7 +235,42 @@ def catalogue_frame(
                               dtype=object),
         "brand": pd.Series(brand, dtype=object), "created_ts": created.to_numpy(),
         "popularity": pop.astype(np.int64), "segment": [str(s) for s in segments],
+        "links": pd.Series([None] * n, dtype=object),
     })
+
+
+def complete_catalogue(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the OPTIONAL_CATALOGUE_COLUMNS it lacks added as null (a part written
+    before they existed, or a frame built by hand); the frame itself when it has them all."""
+    missing = [c for c in OPTIONAL_CATALOGUE_COLUMNS if c not in frame.columns]
+    if not missing:
+        return frame
+    return frame.assign(**{c: [None] * len(frame) for c in missing})
+
+
+def links_json(links: Iterable[tuple[str, str]] | None) -> str | None:
+    """An item's (relation, entity) links as the catalogue's ``links`` cell."""
+    if links is None:
+        return None
+    return json.dumps([[str(r), str(e)] for r, e in links], ensure_ascii=False)
+
+
+def parse_links(value: Any) -> list[tuple[str, str]] | None:
+    """A ``links`` cell -> (relation, entity) pairs, None when null; ValueError saying what is
+    wrong when it is not a JSON list of [relation, entity] string pairs."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"is a {type(value).__name__}, not JSON text")
+    try:
+        pairs = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"is not JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and x for x in p)
+            for p in pairs):
+        raise ValueError("is not a list of [relation, entity] pairs of non-empty strings")
+    return [(r, e) for r, e in pairs]
 
 
 def write_catalogue(path: str | os.PathLike[str], frame: pd.DataFrame,
@@ -240,12 +280,16 @@ def write_catalogue(path: str | os.PathLike[str], frame: pd.DataFrame,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    frame = complete_catalogue(frame)
     missing = [c for c in CATALOGUE_COLUMNS if c not in frame.columns]
     if missing:
         raise ArtifactsError(f"catalogue frame is missing column(s) {missing}; build it with "
                              "engine.artifacts.catalogue_frame")
-    table = pa.Table.from_pandas(
-        frame.loc[:, list(CATALOGUE_COLUMNS)].reset_index(drop=True), preserve_index=False)
+    frame = frame.loc[:, list(CATALOGUE_COLUMNS)].reset_index(drop=True)
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    # links stay a string column when every cell is null (pyarrow would infer type null)
+    schema = schema.set(schema.get_field_index("links"), pa.field("links", pa.string()))
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
     if stamp is not None:
         metadata = {**(table.schema.metadata or {}), STAMP_KEY: json.dumps(dict(stamp)).encode()}
         table = table.replace_schema_metadata(metadata)
@@ -295,9 +339,11 @@ def read_catalogue(path: str | os.PathLike[str], fix: str = "python train.py") -
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise ArtifactsError(f"{path} is unreadable ({type(err).__name__}: {err}); rewrite it "
                              f"with `{fix}`") from None
-    missing = [c for c in CATALOGUE_COLUMNS if c not in frame.columns]
+    missing = [c for c in CATALOGUE_COLUMNS
+               if c not in frame.columns and c not in OPTIONAL_CATALOGUE_COLUMNS]
     if missing:
         raise ArtifactsError(f"{path} lacks column(s) {missing}; rewrite it with `{fix}`")
+    frame = complete_catalogue(frame)  # a part written before "links" was kept
     frame["item_id"] = frame["item_id"].astype(str)
     for name in ("category", "brand"):  # missing = None (pandas may read NaN into str columns)
         frame[name] = pd.Series([v if isinstance(v, str) else None for v in frame[name]],
@@ -305,6 +351,16 @@ def read_catalogue(path: str | os.PathLike[str], fix: str = "python train.py") -
     if frame["item_id"].duplicated().any():
         dup = frame.loc[frame["item_id"].duplicated(), "item_id"].head(5).tolist()
         raise ArtifactsError(f"{path} has duplicate item ids (e.g. {dup})")
+    links = []
+    for item_id, value in zip(frame["item_id"], frame["links"]):
+        try:
+            parsed = parse_links(value)
+        except ValueError as err:
+            raise ArtifactsError(f"{path}: the \"links\" of item {item_id!r} {err}; expected "
+                                 "null or a JSON list of [relation, entity] pairs; rewrite it "
+                                 f"with `{fix}`") from None
+        links.append(value if parsed is not None else None)
+    frame["links"] = pd.Series(links, index=frame.index, dtype=object)
     return frame
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.artifacts import CATALOGUE_COLUMNS, catalogue_frame
+from engine.artifacts import CATALOGUE_COLUMNS, catalogue_frame, complete_catalogue
 from engine.errors import CatalogueError
 from engine.items import ITEM_KEYS, parse_items, plain_value
 from recdata.text import catalogue_texts
@@ -41,7 +41,7 @@ class CatalogueState:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> CatalogueState:
-        frame = frame.loc[:, list(CATALOGUE_COLUMNS)].reset_index(drop=True)
+        frame = complete_catalogue(frame).loc[:, list(CATALOGUE_COLUMNS)].reset_index(drop=True)
         ids = frame["item_id"].astype(str).tolist()
         popularity = frame["popularity"].to_numpy(dtype=np.float64)
         created_ts = pd.to_numeric(frame["created_ts"], errors="coerce").to_numpy(
@@ -80,10 +80,11 @@ class CatalogueState:
                                  f"{present[:5]}; remove them first, or pass upsert to replace "
                                  "their fields and vectors")
         frame = self.frame.copy()
+        new_rows = complete_catalogue(new_rows)
         fresh = new_rows.loc[~new_rows["item_id"].isin(present)]
         for _, row in new_rows.loc[new_rows["item_id"].isin(present)].iterrows():
             at = self.row_of[row["item_id"]]
-            for col in ("title", "text", "category", "brand", "created_ts"):
+            for col in ("title", "text", "category", "brand", "created_ts", "links"):
                 frame.at[at, col] = row[col]
         frame = pd.concat([frame, fresh[list(CATALOGUE_COLUMNS)]], ignore_index=True)
         return CatalogueState.from_frame(frame)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from engine.artifacts import links_json
 from engine.catalogue import catalogue_rows_of, new_item_fields
 from engine.errors import (
     ArtifactsError,
@@ -82,6 +83,9 @@ def prepare_rows(rec: Recommender, items: Sequence[Mapping[str, Any]] | pd.DataF
     if graph is None:
         return NewItems(rows, rec.encoder.item_emb(texts), zero_shot_emb)
     links = graph.links_for(fields)
+    # kept in the catalogue part: a reload (or an index rebuild) reads these links back, as the
+    # fields they come from (attributes, a category given as a list) are not all kept there
+    rows["links"] = [links_json(item_links) for item_links in links]
     return NewItems(rows, rec.encoder.item_emb(texts, links), zero_shot_emb, links)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.artifacts import parse_links
 from engine.explain import PAST_TENSE, _quote
 from recdata.graph import BRAND_RELATION, GraphSpec, item_triples
 from recdata.text import CATEGORY_SEP
@@ -36,16 +37,34 @@ def category_label(entity: str) -> str:
     return label
 
 
+def stored_links(catalogue: pd.DataFrame) -> list[Links | None]:
+    """Per catalogue row, the links kept in its ``links`` column (an item added or upserted
+    live with a graph tower), None where there are none (a part written before they were kept
+    has no column: all None)."""
+    if "links" not in catalogue.columns:
+        return [None] * len(catalogue)
+    return [parse_links(v) for v in catalogue["links"]]
+
+
+def edited_rows(model: Any, catalogue: pd.DataFrame) -> pd.Series:
+    """Rows (bool, by row) whose links are not the towers': items the towers did not train on,
+    and trained items upserted live (their ``links`` kept in the catalogue)."""
+    stored = (catalogue["links"].notna() if "links" in catalogue.columns
+              else pd.Series(False, index=catalogue.index))
+    return ~catalogue["item_id"].isin(model.item_index) | stored
+
+
 def catalogue_links(model: Any, catalogue: pd.DataFrame,
                     also: Sequence[str] = ()) -> list[Links] | None:
-    """Per catalogue row, the (relation, entity) links of items the towers did not train on
-    (and of the ids in ``also``), from their catalogue fields as training drew them; empty for
-    the others. None when the towers have no entity part."""
+    """Per catalogue row, the (relation, entity) links of items whose links are not the
+    towers' (:func:`edited_rows`; and of the ids in ``also``): those kept in the catalogue when
+    the item was added live, else drawn from its catalogue fields as training drew them; empty
+    for the others. None when the towers have no entity part."""
     if getattr(model.item_tower, "graph", None) is None:
         return None
-    wanted = ~catalogue["item_id"].isin(model.item_index) | catalogue["item_id"].isin(set(also))
+    wanted = edited_rows(model, catalogue) | catalogue["item_id"].isin(set(also))
     rows = catalogue.loc[wanted]
-    by_id = dict(zip(rows["item_id"], GraphExplainer(model).links_for(rows)))
+    by_id = dict(zip(rows["item_id"], GraphExplainer(model).links_of_rows(rows)))
     return [by_id.get(i, []) for i in catalogue["item_id"]]
 
 
@@ -65,6 +84,7 @@ class GraphExplainer:
         self._items: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for item_id, row in model.item_index.items():
             self._items[item_id] = self._row(info, row)
+        self._tower_items = dict(self._items)  # what reset() returns to
 
     @classmethod
     def from_model(cls, model: Any) -> GraphExplainer | None:
@@ -101,6 +121,21 @@ class GraphExplainer:
                                              triples["entity"]):
             by_item.setdefault(str(item_id), []).append((relation, entity))
         return [by_item.get(str(i), []) for i in items["item_id"]]
+
+    def links_of_rows(self, rows: pd.DataFrame) -> list[Links]:
+        """Links of catalogue rows: those kept in their ``links`` column, else (a part written
+        before they were kept) drawn from their catalogue fields by :meth:`links_for`."""
+        links = stored_links(rows)
+        missing = [n for n, found in enumerate(links) if found is None]
+        if missing:
+            drawn = self.links_for(rows.iloc[missing])
+            for n, item_links in zip(missing, drawn):
+                links[n] = item_links
+        return [item_links or [] for item_links in links]
+
+    def reset(self) -> None:
+        """Back to the towers' items and links alone (before registering a state's edits)."""
+        self._items = dict(self._tower_items)
 
     def add(self, item_ids: Sequence[str], texts: Sequence[str], links: Sequence[Links]) -> None:
         info = self.tower.graph_explanation(list(texts), list(links))

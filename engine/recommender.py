@@ -45,7 +45,7 @@ from engine.explain import (
     signal_of_each,
     signal_reason,
 )
-from engine.graph import GraphExplainer
+from engine.graph import GraphExplainer, edited_rows
 from engine.ranking import TextVectors, build_pipeline, session_batch
 from engine.resolve import ResolvedSession, resolve_session
 from engine.session import Session, parse_session
@@ -525,18 +525,19 @@ class Recommender:
                 for (signal, reason), g, j in zip(reasons, graph, order)]
 
     def _graph_sync(self) -> None:
-        """Register the state's live-added items (indexed, not in the towers) with the graph
-        explainer and pin the vectors the index holds for them (at load and after a reload)."""
+        """Register the state's live-added and live-upserted items (indexed; not in the towers,
+        or in them with links kept in the catalogue) with the graph explainer and pin the
+        vectors the index holds for them (at load and after a reload)."""
         if self.graph is None:
             return
-        self.graph.remove(list(self._graph_live))
+        self.graph.reset()  # the towers' items as trained, upserted ones included
         self._graph_live = {}
         self.encoder.unpin_all()
         frame = self._state.frame
-        added = frame.loc[~frame["item_id"].isin(self.model.item_index)
-                          & frame["item_id"].isin(self.index.ids)]
-        if len(added):  # their links from the catalogue fields, their vectors from the index
-            self._graph_add(added, self.index.vectors_of(added["item_id"].tolist()))
+        added = frame.loc[edited_rows(self.model, frame) & frame["item_id"].isin(self.index.ids)]
+        if len(added):  # their links as added (else from the fields), vectors from the index
+            self._graph_add(added, self.index.vectors_of(added["item_id"].tolist()),
+                            self.graph.links_of_rows(added))
 
     def _graph_add(self, rows: pd.DataFrame, item_emb: np.ndarray,
                    links: list | None = None) -> None:

@@ -262,7 +262,8 @@ def load_state(paths: ArtifactPaths, stamp: Mapping[str, Any], *, use_gpu: bool 
 
     try:
         gen, parts = store.load(lambda: present, check=check,
-                                options={"index": {"use_gpu": use_gpu}})
+                                options={"index": {"use_gpu": use_gpu},
+                                         "catalogue": {"fix": paths.command_for("towers")}})
     except (IndexNotFoundError, IndexCorruptError, BM25Error) as err:
         raise ArtifactsError(f"{err}; rebuild the index with "
                              f"`{paths.command_for('index')}`") from None

@@ -92,9 +92,14 @@ def catalogue_vectors(model: Any, item_ids: Sequence[str], item_texts: Sequence[
     from engine.graph import catalogue_links
 
     table_texts = getattr(model.item_tower, "item_texts", None) or []
+    # trained items upserted live with a graph tower keep their links in the catalogue: they
+    # were encoded from their text and those links, as build_index.py encodes them
+    upserted = (set(catalogue.loc[catalogue["links"].notna(), "item_id"])
+                if catalogue is not None and "links" in catalogue.columns else set())
     changed = [n for n, (item_id, text) in enumerate(zip(item_ids, item_texts))
-               if item_id in model.item_index and model.item_index[item_id] < len(table_texts)
-               and table_texts[model.item_index[item_id]] != text]
+               if item_id in model.item_index and (item_id in upserted or (
+                   model.item_index[item_id] < len(table_texts)
+                   and table_texts[model.item_index[item_id]] != text))]
     links = (catalogue_links(model, catalogue, [item_ids[n] for n in changed])
              if catalogue is not None else None)
     vectors = encode_catalogue(model, item_ids, item_texts, progress=False, links=links)
