@@ -84,10 +84,14 @@ def fine_tune(model: Any, examples: RefreshExamples, catalogue: pd.DataFrame, *,
 
 
 def catalogue_vectors(model: Any, item_ids: Sequence[str], item_texts: Sequence[str],
-                      catalogue: pd.DataFrame | None = None) -> tuple[np.ndarray, int]:
-    """(vectors (n, dim) float32 in ``item_ids`` order, how many items went through BERT).
-    ``catalogue`` (rows in ``item_ids`` order): with a graph tower, the fields that give items
-    added or changed since training their entity links."""
+                      catalogue: pd.DataFrame | None = None, batch_size: int = 256,
+                      progress: bool = False) -> tuple[np.ndarray, int]:
+    """(vectors (n, dim) float32 in ``item_ids`` order, how many items went through BERT):
+    what ``build_index.py`` and the refresh index. Trained items come from the towers' table,
+    unless their text changed since training (upserted live: encoded from the new text, as the
+    live edit encoded them); items added since training from their text. ``catalogue`` (rows in
+    ``item_ids`` order): with a graph tower, the fields that give items added or changed since
+    training their entity links."""
     from engine.encoding import encode_catalogue
     from engine.graph import catalogue_links
 
@@ -102,7 +106,7 @@ def catalogue_vectors(model: Any, item_ids: Sequence[str], item_texts: Sequence[
                    and table_texts[model.item_index[item_id]] != text))]
     links = (catalogue_links(model, catalogue, [item_ids[n] for n in changed])
              if catalogue is not None else None)
-    vectors = encode_catalogue(model, item_ids, item_texts, progress=False, links=links)
+    vectors = encode_catalogue(model, item_ids, item_texts, batch_size, progress, links=links)
     if changed:  # text replaced since training: the table's BERT vector is stale
         vectors[changed] = model.item_emb_from_texts(
             [item_texts[n] for n in changed],

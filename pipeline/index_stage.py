@@ -27,11 +27,10 @@ def build(paths: ArtifactPaths, index_kwargs: dict[str, Any], batch_size: int = 
     state; returns a summary. Built without the writer lock (minutes, for a large catalogue)
     and committed only if no other writer changed the state meanwhile (else
     ``storage.StaleGenerationError``, one line: run it again)."""
-    from engine.encoding import encode_catalogue
-    from engine.graph import catalogue_links, edited_rows
     from engine.loading import load_model, resolve_device
     from engine.state import load_state, run_stamp, state_store
     from index import CatalogueIndex
+    from pipeline.finetune import catalogue_vectors
 
     paths.check(("towers", "catalogue"))
     start = time.perf_counter()
@@ -40,15 +39,9 @@ def build(paths: ArtifactPaths, index_kwargs: dict[str, Any], batch_size: int = 
     catalogue = parts["catalogue"]
     model = load_model(paths, resolve_device(index_kwargs.get("use_gpu")))
     item_ids = catalogue["item_id"].tolist()
-    links = catalogue_links(model, catalogue)  # graph towers: items added since training
-    item_emb = encode_catalogue(model, item_ids, catalogue["text"].tolist(), batch_size,
-                                progress, links)  # (n_items, dim)
-    if links is not None:  # trained items upserted live: their new text and links, as added
-        upserted = np.flatnonzero(edited_rows(model, catalogue).to_numpy()
-                                  & catalogue["item_id"].isin(model.item_index).to_numpy())
-        if len(upserted):
-            item_emb[upserted] = model.item_emb_from_texts(
-                [catalogue["text"].iloc[n] for n in upserted], [links[n] for n in upserted])
+    # trained items from the towers' table; added or upserted ones from their text (+ links)
+    item_emb, _ = catalogue_vectors(model, item_ids, catalogue["text"].tolist(), catalogue,
+                                    batch_size, progress)  # (n_items, dim)
     has_vector = np.abs(item_emb).sum(axis=1) > 0
     if not has_vector.all():  # an ID-only tower has no vector for items it never trained on
         log.warning("%d of %d items have no vector from these towers (ID-only towers cannot "

@@ -97,6 +97,28 @@ def test_upsert_and_remove(artifacts_copy: Path, tmp_path: Path) -> None:
     assert first not in index and len(index) == len(catalogue)
 
 
+def test_a_rebuild_keeps_the_vector_of_a_trained_item_upserted_live(artifacts_copy: Path,
+                                                                    tmp_path: Path) -> None:
+    """A trained item re-described live is encoded from its new text; a full rebuild must not
+    put the towers' trained vector back (nor change the items nobody edited)."""
+    import numpy as np
+
+    before = CatalogueIndex.load(ArtifactPaths(artifacts_copy).index)
+    catalogue = load_catalogue(artifacts_copy)
+    trained, other = catalogue["item_id"].iloc[0], catalogue["item_id"].iloc[1]
+    item = {"item_id": trained, "title": "Completely different glass beaker set",
+            "category": "Lab > Glassware"}
+    run_build(artifacts_copy, f"add={write_items(tmp_path / 'up.jsonl', [item])}", "upsert=true")
+    live = CatalogueIndex.load(ArtifactPaths(artifacts_copy).index)
+    assert not np.allclose(live.vectors_of([trained]), before.vectors_of([trained]), atol=1e-4)
+    run_build(artifacts_copy)  # the full rebuild
+    rebuilt = CatalogueIndex.load(ArtifactPaths(artifacts_copy).index)
+    np.testing.assert_allclose(rebuilt.vectors_of([trained]), live.vectors_of([trained]),
+                               atol=1e-5)
+    np.testing.assert_allclose(rebuilt.vectors_of([other]), before.vectors_of([other]),
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize(("make_args", "fragment"), [
     (lambda d: ["add=" + str(write_items(d / "dup.jsonl", [{"item_id": "I00001", "title": "x"}]))],
      "already in the catalogue"),
