@@ -65,7 +65,12 @@ def resolve_session(
                 title = tower_texts[tower_index[item_id]].split(". ")[0]
             else:
                 title = item_id
-            if item_id in tower_index:
+            # a trained item re-described live (upsert) reads as its new text, the vector the
+            # index holds for it, not the towers' trained one
+            upserted = (supports_text and tower_texts is not None and item_id in tower_index
+                        and item_id in state and str(state.texts[state.row_of[item_id]])
+                        != tower_texts[tower_index[item_id]])
+            if item_id in tower_index and not upserted:
                 towers_event = Event(type=event.type, item_id=item_id)
             elif supports_text:
                 text = str(state.texts[state.row_of[item_id]])

@@ -356,6 +356,28 @@ def test_live_add_remove_and_save(artifacts_copy: Path, ids: dict) -> None:
     assert set(reloaded.catalogue["item_id"]) == set(rec.catalogue["item_id"])
 
 
+def test_a_session_reads_an_upserted_trained_item_as_its_new_text(artifacts_copy: Path,
+                                                                   ids: dict) -> None:
+    """A session naming a trained item that was re-described live uses the vector of its new
+    text (what the index holds for it), not the towers' trained one; others are unchanged."""
+    rec = Recommender.from_artifacts(artifacts_copy, rerank=False)
+    trained, other = ids["head"][0], ids["head"][1]
+
+    def event_vector(item_id: str) -> np.ndarray:
+        resolved = rec.resolve([{"events": [{"type": "click", "item_id": item_id}]}])[0]
+        return rec.encoder.encode([resolved.events])[1][0][0]
+
+    before, untouched = event_vector(trained), event_vector(other)
+    rec.add_items([{"item_id": trained, "title": "Completely different glass beaker set"}],
+                  upsert=True)
+    after = event_vector(trained)
+    assert not np.allclose(after, before, atol=1e-3)
+    np.testing.assert_allclose(after, rec.index.vectors_of([trained])[0], atol=1e-5)
+    np.testing.assert_allclose(event_vector(other), untouched, atol=1e-6)
+    result = rec.recommend({"events": [{"type": "click", "item_id": trained}], "k": 5})
+    assert result["warnings"] == [] and trained not in {i["item_id"] for i in result["items"]}
+
+
 def test_concurrent_requests_and_edits_stay_consistent(artifacts_copy: Path) -> None:
     rec = Recommender.from_artifacts(artifacts_copy, rerank=False)
     errors: list[BaseException] = []
