@@ -187,22 +187,17 @@ ABLATION_FEATURES: dict[str, tuple[str, ...]] = {  # what "without a source" rem
 }
 
 
-def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str, Any],
-                         seed: int, drop_sources: tuple[str, ...] = (),
-                         out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train and save ``run_dir/ranker`` (LightGBM model + ranker.json); returns its metrics.
-    Builds the index and the ranking parts first when the run lacks them. ``drop_sources``
-    (an ablation) retrieves nothing from those sources and hides their features; the result
-    then goes to ``out_dir``."""
+def ranker_recommender(paths: ArtifactPaths, split: SplitData, cfg: Mapping[str, Any],
+                       drop_sources: tuple[str, ...] = ()) -> tuple[Any, dict[str, int],
+                                                                    tuple[str, ...]]:
+    """The engine that ranks the ranker's rows (towers order, ``cfg`` quotas less
+    ``drop_sources``), its quotas and the features those sources hide. Builds the index and
+    the ranking parts first when the run lacks them."""
     from engine.recommender import Recommender
     from pipeline.index_stage import ensure_index
-    from ranking import FEATURES, FEATURES_VERSION, LightGBMRanker
-    from ranking.scorers import train_lambdarank
 
-    paths = ArtifactPaths(run_dir)
     paths.check_split(split.fingerprint)  # candidates and labels must come from this split
     ensure_index(paths)
-    started = time.perf_counter()
     unknown = sorted(set(drop_sources) - set(ABLATION_FEATURES))
     if unknown:
         raise ValueError(f"drop_sources: unknown {unknown}; choose from {list(ABLATION_FEATURES)}")
@@ -213,6 +208,22 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
         candidates={"quotas": quotas, "size": int(cfg["size"])})
     if recommender.ranking_parts is None:
         raise ValueError(f"{paths.root} has no bm25/ or zeroshot/ after building them")
+    return recommender, quotas, hidden
+
+
+def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str, Any],
+                         seed: int, drop_sources: tuple[str, ...] = (),
+                         out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train and save ``run_dir/ranker`` (LightGBM model + ranker.json); returns its metrics.
+    Builds the index and the ranking parts first when the run lacks them. ``drop_sources``
+    (an ablation) retrieves nothing from those sources and hides their features; the result
+    then goes to ``out_dir``."""
+    from ranking import FEATURES, FEATURES_VERSION, LightGBMRanker
+    from ranking.scorers import train_lambdarank
+
+    paths = ArtifactPaths(run_dir)
+    started = time.perf_counter()
+    recommender, quotas, hidden = ranker_recommender(paths, split, cfg, drop_sources)
     cut = dict(cfg.get("cut_contexts") or {})
     examples = ranker_examples(split, cfg.get("max_rows"), seed, cut=cut)
     rows = candidate_rows(recommender, examples)
