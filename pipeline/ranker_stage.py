@@ -9,13 +9,18 @@ and dropped new items). Never a test row. Each row is ranked by the engine
 (``Recommender.rank_resolved``, the serving path) with the session's own items allowed back,
 so the ranker learns how likely a repeat is; rows whose target no source returned carry no
 signal and are counted, not used.
+
+Cut contexts (``cut_contexts``): copies of a seeded share of those rows whose history is cut
+to its last k item events (``recdata.truncate_history``, the cut of the benchmark's ``cold_k``
+segments), same user and target — else the ranker never sees a one-event session, and below
+the towers alone there. A copy shares its user, so its user-grouped fold.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +35,47 @@ log = logging.getLogger(__name__)
 COLD_SEGMENTS = ("new", "unseen")
 
 
-def ranker_examples(split: SplitData, max_rows: int | None, seed: int) -> pd.DataFrame:
+FULL = "full"  # the ``context`` of a row with its whole (capped) history
+
+
+def cut_selection(n: int, share: float, seed: int) -> np.ndarray:
+    """Seeded (n,) bool mask of the rows that get cut copies; nested in ``share`` (a smaller
+    share's rows are among a larger one's), so settings differ only by the rows added."""
+    return np.random.default_rng([seed, 1]).random(n) < float(share)
+
+
+def cut_contexts(rows: pd.DataFrame, ks: Sequence[int], share: float, seed: int
+                 ) -> pd.DataFrame:
+    """For each k in ``ks``, copies of the ``cut_selection`` rows with more than k item
+    events (fewer: the copy would be the row itself), history cut to its last k item events
+    by ``recdata.truncate_history`` (the benchmark's ``cold_k`` cut); ``context`` ``cut_<k>``,
+    ``source_row`` the original's index in ``rows``. User, target and origin unchanged."""
+    from recdata import truncate_history
+
+    chosen = cut_selection(len(rows), share, seed)
+    n_items = rows["hist_types"].map(lambda types: sum(t != "search" for t in types))
+    frames = [truncate_history(rows.loc[chosen & (n_items > int(k)).to_numpy()], int(k))
+              .assign(context=f"cut_{int(k)}") for k in ks]
+    frames = [f.assign(source_row=f.index) for f in frames if len(f)]
+    return (pd.concat(frames, ignore_index=True) if frames
+            else rows.iloc[:0].assign(context=pd.Series(dtype=str), source_row=0))
+
+
+def ranker_examples(split: SplitData, max_rows: int | None, seed: int,
+                    cut: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The ranker's rows: validation + ``ranker_train`` (never test), seeded sample of at most
-    ``max_rows``, with ``user_segment`` and ``target_segment`` labels."""
+    ``max_rows``, with ``user_segment`` and ``target_segment`` labels, ``context`` ``full``;
+    then, if ``cut`` (``{"ks": [...], "share": float}``) has a share, their ``cut_contexts``."""
     frames = [split.valid.assign(origin="valid")]
     if split.ranker_train is not None and len(split.ranker_train):
         frames.append(split.ranker_train.assign(origin="ranker_items"))
     rows = pd.concat(frames, ignore_index=True)
     if max_rows is not None and len(rows) > max_rows:
         rows = rows.sample(n=int(max_rows), random_state=seed).reset_index(drop=True)
+    rows = rows.assign(context=FULL, source_row=np.arange(len(rows)))
+    if cut and float(cut.get("share") or 0) > 0 and cut.get("ks"):
+        rows = pd.concat([rows, cut_contexts(rows, cut["ks"], cut["share"], seed)],
+                         ignore_index=True)
     return rows
 
 
@@ -48,7 +85,7 @@ def candidate_rows(recommender: Any, examples: pd.DataFrame, batch_size: int = 5
     target was among its candidates, the feature rows and labels; plus per-example coverage."""
     from engine.session import sessions_from_examples
 
-    features, labels, sizes, users, segments = [], [], [], [], []
+    features, labels, sizes, users, segments, used = [], [], [], [], [], []
     found = np.zeros(len(examples), dtype=bool)
     for lo in range(0, len(examples), batch_size):
         chunk = examples.iloc[lo:lo + batch_size]
@@ -72,33 +109,38 @@ def candidate_rows(recommender: Any, examples: pd.DataFrame, batch_size: int = 5
             sizes.append(len(label))
             users.append(str(example["user_id"]))
             segments.append(str(example["target_segment"]))
+            used.append(lo + j)
     if not features:
         raise ValueError("no ranker example had its target among the candidates; nothing to "
                          "train on (check the candidate quotas)")
     return {"features": np.vstack(features), "labels": np.concatenate(labels),
             "sizes": np.asarray(sizes, np.int64), "users": users, "segments": segments,
-            "found": found}
+            "examples": np.asarray(used, np.int64), "found": found}
+
+
+def subset_rows(rows: Mapping[str, Any], keep: np.ndarray) -> dict[str, Any]:
+    """``candidate_rows`` output restricted to the groups where ``keep`` (G,) is True."""
+    row_keep = np.repeat(keep, rows["sizes"])
+    return {"features": rows["features"][row_keep], "labels": rows["labels"][row_keep],
+            "sizes": rows["sizes"][keep], "examples": rows["examples"][keep],
+            "users": [u for u, k in zip(rows["users"], keep) if k],
+            "segments": [g for g, k in zip(rows["segments"], keep) if k],
+            "found": rows["found"]}
 
 
 def coverage(examples: pd.DataFrame, found: np.ndarray) -> dict[str, Any]:
     """Share of examples whose target was among the merged candidates, overall and by target
-    and user segment (a ranker cannot rank what no source returns)."""
+    and user segment and by ``context`` (full or cut history) where the examples have one
+    (a ranker cannot rank what no source returns)."""
     out: dict[str, Any] = {"overall": {"count": int(len(found)), "recall": float(found.mean())}}
-    for column in ("target_segment", "user_segment"):
+    for column in ("target_segment", "user_segment", "context"):
+        if column not in examples.columns:
+            continue
         for name, group in examples.groupby(column):
             mask = found[group.index.to_numpy()]
             out[f"{column.split('_')[0]}={name}"] = {"count": int(len(mask)),
                                                      "recall": float(mask.mean())}
     return out
-
-
-def ndcg_of_positive(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
-                     k: int = 10) -> np.ndarray:
-    """Per group, NDCG@k of its single positive under ``scores`` (ties count against it)."""
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    pos_score = np.repeat(scores[labels > 0], sizes)
-    above = np.add.reduceat((scores > pos_score).astype(np.int64), starts)  # 0-based rank
-    return np.where(above < k, 1.0 / np.log2(above + 2.0), 0.0)
 
 
 def segment_objective(ndcg: np.ndarray, segments: list[str]) -> float:
@@ -116,7 +158,7 @@ def segment_objective(ndcg: np.ndarray, segments: list[str]) -> float:
 
 def tune_fusion(rows: dict[str, Any]) -> dict[str, Any]:
     """The fusion weights (ranking.scorers.fusion_grid) that maximise ``segment_objective``."""
-    from ranking.scorers import COLUMN, FUSION_SIGNALS, fusion_grid, zscore
+    from ranking.scorers import COLUMN, FUSION_SIGNALS, fusion_grid, ndcg_of_positive, zscore
 
     features, labels, sizes = rows["features"], rows["labels"], rows["sizes"]
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -145,22 +187,17 @@ ABLATION_FEATURES: dict[str, tuple[str, ...]] = {  # what "without a source" rem
 }
 
 
-def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str, Any],
-                         seed: int, drop_sources: tuple[str, ...] = (),
-                         out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train and save ``run_dir/ranker`` (LightGBM model + ranker.json); returns its metrics.
-    Builds the index and the ranking parts first when the run lacks them. ``drop_sources``
-    (an ablation) retrieves nothing from those sources and hides their features; the result
-    then goes to ``out_dir``."""
+def ranker_recommender(paths: ArtifactPaths, split: SplitData, cfg: Mapping[str, Any],
+                       drop_sources: tuple[str, ...] = ()) -> tuple[Any, dict[str, int],
+                                                                    tuple[str, ...]]:
+    """The engine that ranks the ranker's rows (towers order, ``cfg`` quotas less
+    ``drop_sources``), its quotas and the features those sources hide. Builds the index and
+    the ranking parts first when the run lacks them."""
     from engine.recommender import Recommender
     from pipeline.index_stage import ensure_index
-    from ranking import FEATURES, FEATURES_VERSION, LightGBMRanker
-    from ranking.scorers import train_lambdarank
 
-    paths = ArtifactPaths(run_dir)
     paths.check_split(split.fingerprint)  # candidates and labels must come from this split
     ensure_index(paths)
-    started = time.perf_counter()
     unknown = sorted(set(drop_sources) - set(ABLATION_FEATURES))
     if unknown:
         raise ValueError(f"drop_sources: unknown {unknown}; choose from {list(ABLATION_FEATURES)}")
@@ -171,13 +208,31 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
         candidates={"quotas": quotas, "size": int(cfg["size"])})
     if recommender.ranking_parts is None:
         raise ValueError(f"{paths.root} has no bm25/ or zeroshot/ after building them")
-    examples = ranker_examples(split, cfg.get("max_rows"), seed)
+    return recommender, quotas, hidden
+
+
+def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str, Any],
+                         seed: int, drop_sources: tuple[str, ...] = (),
+                         out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train and save ``run_dir/ranker`` (LightGBM model + ranker.json); returns its metrics.
+    Builds the index and the ranking parts first when the run lacks them. ``drop_sources``
+    (an ablation) retrieves nothing from those sources and hides their features; the result
+    then goes to ``out_dir``."""
+    from ranking import FEATURES, FEATURES_VERSION, LightGBMRanker
+    from ranking.scorers import train_lambdarank
+
+    paths = ArtifactPaths(run_dir)
+    started = time.perf_counter()
+    recommender, quotas, hidden = ranker_recommender(paths, split, cfg, drop_sources)
+    cut = dict(cfg.get("cut_contexts") or {})
+    examples = ranker_examples(split, cfg.get("max_rows"), seed, cut=cut)
     rows = candidate_rows(recommender, examples)
     collect_s = time.perf_counter() - started
+    contexts = examples["context"].to_numpy()[rows["examples"]]
     booster, info = train_lambdarank(rows["features"], rows["labels"], rows["sizes"],
                                      rows["users"], dict(cfg["lightgbm"]), seed,
-                                     feature_mask=hidden)
-    fusion = tune_fusion(rows)
+                                     feature_mask=hidden, group_kinds=contexts)
+    fusion = tune_fusion(subset_rows(rows, contexts == FULL))  # the fusion baseline as before
     gains = booster.feature_importance(importance_type="gain")
     meta = {
         "features": list(FEATURES), "features_version": FEATURES_VERSION,
@@ -186,7 +241,11 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
         "fusion": fusion, "examples": {
             "rows": int(len(examples)), "groups_used": int(len(rows["sizes"])),
             "by_origin": examples["origin"].value_counts().to_dict(),
+            "by_context": examples["context"].value_counts().to_dict(),
+            "groups_used_by_context": pd.Series(contexts).value_counts().to_dict(),
             "by_target_segment": pd.Series(rows["segments"]).value_counts().to_dict()},
+        "cut_contexts": {"ks": [int(k) for k in cut.get("ks") or []],
+                         "share": float(cut.get("share") or 0.0)},
         "candidate_recall": coverage(examples, rows["found"]),
         "importance_gain": {f: float(g) for f, g in sorted(
             zip(FEATURES, gains), key=lambda pair: -pair[1])},
@@ -198,8 +257,9 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
 
     save_ranker(LightGBMRanker(booster, meta), Path(out_dir) if out_dir else
                 paths.root / "ranker", stamp=run_stamp(paths))
-    return {k: meta[k] for k in ("best_round", "held_out_ndcg_at_10", "examples",
-                                 "candidate_recall", "collect_seconds", "train_seconds")} | {
+    return {k: meta[k] for k in ("best_round", "held_out_ndcg_at_10", "held_out_by_kind",
+                                 "examples", "candidate_recall", "collect_seconds",
+                                 "train_seconds")} | {
         "fusion_weights": fusion["weights"]}
 
 

@@ -138,13 +138,28 @@ def group_split(users: Sequence[str], share: float, seed: int) -> np.ndarray:
     return np.array([u in held for u in users])
 
 
+def ndcg_of_positive(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
+                     k: int = 10) -> np.ndarray:
+    """Per group, NDCG@k of its single positive under ``scores`` (ties count against it)."""
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    pos_score = np.repeat(scores[labels > 0], sizes)
+    above = np.add.reduceat((scores > pos_score).astype(np.int64), starts)  # 0-based rank
+    return np.where(above < k, 1.0 / np.log2(above + 2.0), 0.0)
+
+
 def train_lambdarank(features: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray,
                      group_users: Sequence[str], params: Mapping[str, Any], seed: int,
-                     valid_share: float = 0.2, feature_mask: Sequence[str] = ()
-                     ) -> tuple[Any, dict[str, Any]]:
+                     valid_share: float = 0.2, feature_mask: Sequence[str] = (),
+                     group_kinds: Sequence[str] | None = None,
+                     score_only: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
     """LambdaRank on (features (N, F), labels (N,), group_sizes (G,)): early stopping on a
-    user-grouped ``valid_share`` of the groups, then a refit on every group with the best
-    number of rounds. ``feature_mask`` names features left out (set to NaN: ablations).
+    user-grouped ``valid_share`` of the groups (the held-out fold: every group of a held-out
+    user), then a refit on every group with the best number of rounds. ``feature_mask`` names
+    features left out (set to NaN: ablations). ``group_kinds`` (G,) labels each group (e.g.
+    full history or cut); the info then holds the held-out NDCG@10 of the early-stopped model
+    per kind. ``score_only`` (G,) bool marks groups never fitted nor used for early stopping,
+    only scored in those per-kind figures when their user is held out (validation of the
+    training rows themselves: every setting scored on the same held-out rows).
     Returns (booster, info with the held-out NDCG@10 curve and the best round)."""
     import lightgbm
 
@@ -154,13 +169,16 @@ def train_lambdarank(features: np.ndarray, labels: np.ndarray, group_sizes: np.n
     features = features.copy()
     for name in feature_mask:
         features[:, COLUMN[name]] = np.nan
-    held = group_split(group_users, valid_share, seed)
-    row_held = np.repeat(held, group_sizes)
+    scored = group_split(group_users, valid_share, seed)  # the held-out users' groups
+    used = np.ones(len(group_sizes), bool) if score_only is None else ~np.asarray(score_only)
+    held = scored & used
+    row_held, row_used = np.repeat(held, group_sizes), np.repeat(used, group_sizes)
+    fit_rows = row_used & ~row_held
     base = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10],
             "verbosity": -1, "seed": seed, "deterministic": True, "num_threads": 2,
             **{k: v for k, v in params.items() if k != "num_boost_round"}}
     rounds = int(params.get("num_boost_round", 500))
-    fit = lightgbm.Dataset(features[~row_held], labels[~row_held], group=group_sizes[~held],
+    fit = lightgbm.Dataset(features[fit_rows], labels[fit_rows], group=group_sizes[used & ~held],
                            feature_name=list(FEATURES), free_raw_data=False)
     valid = lightgbm.Dataset(features[row_held], labels[row_held], group=group_sizes[held],
                              reference=fit)
@@ -171,9 +189,19 @@ def train_lambdarank(features: np.ndarray, labels: np.ndarray, group_sizes: np.n
                                         lightgbm.record_evaluation(curve)])
     best = max(1, int(booster.best_iteration or rounds))
     held_ndcg = curve["held_out_users"]["ndcg@10"]
-    full = lightgbm.Dataset(features, labels, group=group_sizes, feature_name=list(FEATURES))
-    final = lightgbm.train(base, full, num_boost_round=best)
     info = {"best_round": best, "held_out_ndcg_at_10": float(held_ndcg[best - 1]),
-            "held_out_groups": int(held.sum()), "fit_groups": int((~held).sum()),
-            "rows": int(len(labels)), "params": base, "feature_mask": list(feature_mask)}
+            "held_out_groups": int(held.sum()), "fit_groups": int((used & ~held).sum()),
+            "rows": int(row_used.sum()), "params": base, "feature_mask": list(feature_mask)}
+    if group_kinds is not None:
+        kinds = np.asarray(group_kinds, dtype=object)
+        rows = np.repeat(scored, group_sizes)
+        ndcg = ndcg_of_positive(booster.predict(features[rows], num_iteration=best),
+                                labels[rows], group_sizes[scored])
+        info["held_out_by_kind"] = {
+            str(kind): {"groups": int((kinds[scored] == kind).sum()),
+                        "ndcg_at_10": float(ndcg[kinds[scored] == kind].mean())}
+            for kind in sorted(set(kinds[scored]))}
+    full = lightgbm.Dataset(features[row_used], labels[row_used], group=group_sizes[used],
+                            feature_name=list(FEATURES))
+    final = lightgbm.train(base, full, num_boost_round=best)
     return final, info

@@ -382,3 +382,18 @@ def test_latency_cli_refuses_bad_input_in_one_line(tmp_path: Path, capsys) -> No
                          str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --data nowhere") and "\n" not in err
+
+
+def test_ranker_cuts_scores_every_share_on_the_same_held_out_rows(tiny_ranked_artifacts: Path,
+                                                                  tiny_split) -> None:
+    from benchmarks import ranker_cuts
+
+    report = ranker_cuts.validate(tiny_ranked_artifacts, tiny_split, 0, shares=[0.0, 1.0],
+                                  ks=[1, 2], fold_seeds=[0], tolerance=0.005)
+    assert report["chosen_share"] in (0.0, 1.0)
+    off, full = report["shares"]["0.0"], report["shares"]["1.0"]
+    assert off["training_groups_by_kind"]["cut_1"] == 0 < full["training_groups_by_kind"]["cut_1"]
+    held = lambda e: {k: v["groups"] for k, v in e["by_seed"]["0"]["held_out_by_kind"].items()}  # noqa: E731
+    assert held(off) == held(full) and set(held(off)) == {"full", "cut_1", "cut_2"}
+    assert set(report["references_mean_over_seeds"]["towers"]) == {"full", "cut_1", "cut_2"}
+    assert "share 0.0" in ranker_cuts.markdown(report)

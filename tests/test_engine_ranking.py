@@ -13,7 +13,7 @@ from benchmarks.systems import EngineSystem, SourceSystem
 from engine import ArtifactPaths, Recommender
 from engine.session import sessions_from_examples
 from engine.state import run_stamp, state_store
-from pipeline.ranker_stage import ranker_examples
+from pipeline.ranker_stage import cut_contexts, cut_selection, ranker_examples
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,39 @@ def test_the_ranker_never_trains_on_a_test_row(tiny_split) -> None:
     key = lambda f: set(zip(f["user_id"], f["target"], f["target_ts"]))  # noqa: E731
     assert len(rows) >= len(split.valid) and not key(rows) & key(split.test)
     assert set(rows["origin"]) <= {"valid", "ranker_items"}
+
+
+def _item_events(types) -> int:
+    return sum(kind != "search" for kind in types)
+
+
+def test_cut_contexts_cut_to_k_events_keep_user_and_target_and_never_a_test_row(tiny_split
+                                                                               ) -> None:
+    split = tiny_split
+    rows = ranker_examples(split, max_rows=None, seed=0, cut={"ks": [1, 2], "share": 0.5})
+    full, cuts = rows[rows["context"] == "full"], rows[rows["context"] != "full"]
+    assert set(cuts["context"]) == {"cut_1", "cut_2"} and len(full) >= len(split.valid)
+    for _, copy in cuts.iterrows():
+        k = int(copy["context"].split("_")[1])
+        source = full.loc[copy["source_row"]]
+        assert _item_events(copy["hist_types"]) == k < _item_events(source["hist_types"])
+        assert (copy["user_id"], copy["target"], copy["target_ts"], copy["origin"]) == (
+            source["user_id"], source["target"], source["target_ts"], source["origin"])
+        n = len(copy["hist_items"])  # the source's last events, as the benchmark's cold_k
+        assert list(copy["hist_items"]) == list(source["hist_items"])[-n:]
+        assert copy["user_segment"] == "cold_user"
+    key = lambda f: set(zip(f["user_id"], f["target"], f["target_ts"]))  # noqa: E731
+    assert not key(rows) & key(split.test)
+    # a seeded share of the full rows, nested across shares; none at share 0
+    chosen = set(cuts["source_row"])
+    assert 0.3 * len(full) < len(chosen) <= len(full) * 0.7
+    assert chosen <= set(np.flatnonzero(cut_selection(len(full), 0.5, 0)))
+    assert set(np.flatnonzero(cut_selection(len(full), 0.25, 0))) <= set(
+        np.flatnonzero(cut_selection(len(full), 0.5, 0)))
+    assert rows[rows["context"] == "full"].drop(columns=["context", "source_row"]).equals(
+        ranker_examples(split, max_rows=None, seed=0).drop(columns=["context", "source_row"]))
+    assert len(ranker_examples(split, None, 0, cut={"ks": [1], "share": 0.0})) == len(full)
+    assert len(cut_contexts(full.iloc[:0], [1], 1.0, 0)) == 0
 
 
 def test_sessions_from_examples_keep_every_usable_event() -> None:

@@ -252,6 +252,23 @@ def test_lambdarank_learns_the_signal_and_round_trips(tmp_path: Path) -> None:
         LightGBMRanker.load(tmp_path / "nowhere")
 
 
+def test_lambdarank_scores_each_kind_of_held_out_group_and_fits_no_score_only_group() -> None:
+    feats, labels, sizes, users = _toy_groups(0)
+    kinds = np.array(["full", "cut_1"] * (len(sizes) // 2))
+    params = {"num_boost_round": 20, "min_data_in_leaf": 5}
+    _, info = train_lambdarank(feats, labels, sizes, users, params, seed=0, group_kinds=kinds)
+    by_kind = info["held_out_by_kind"]
+    assert set(by_kind) == {"full", "cut_1"}
+    assert sum(k["groups"] for k in by_kind.values()) == info["held_out_groups"]
+    assert all(0.8 < k["ndcg_at_10"] <= 1.0 for k in by_kind.values())
+    only = kinds == "cut_1"  # scored on the held-out fold, never fitted
+    _, some = train_lambdarank(feats, labels, sizes, users, params, seed=0, group_kinds=kinds,
+                               score_only=only)
+    assert some["rows"] == int(sizes[~only].sum())
+    assert some["held_out_groups"] + some["fit_groups"] == int((~only).sum())
+    assert some["held_out_by_kind"]["cut_1"]["groups"] == by_kind["cut_1"]["groups"]
+
+
 def test_bm25_index_round_trips_and_refuses_a_damaged_folder(tmp_path: Path, table) -> None:
     bm25 = BM25Index.build(table.ids.tolist(), table.texts.tolist())
     loaded = BM25Index.load(bm25.save(tmp_path / "bm25"))
