@@ -19,8 +19,8 @@ import torch
 
 from recdata.graph import GraphSpec, graph_arrays, split_triples
 from recdata.schema import SplitData
-from tests.test_graph_towers import brand_of
-from tests.test_towers import N_GROUPS, _batch, _module, _tower
+from tests.test_graph_towers import brand_of, fit_full_batch
+from tests.test_towers import N_GROUPS, _module, _tower
 from tests.test_towers import dm as dm  # noqa: F401 - fixtures
 from tests.test_towers import split as base_split  # noqa: F401
 from towers import save_towers
@@ -52,15 +52,7 @@ def trained(tiny_bert_path: str, split: SplitData, dm):  # noqa: F811
     torch.manual_seed(0)
     tower = _tower(tiny_bert_path, dm, graph=True, item_graph=arrays,
                    graph_spec=SPEC.to_dict(), id_dim=0)
-    module = _module(tower, dm)
-    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=0.02)
-    module.train()
-    batch = _batch(dm, size=len(dm.train_tensors["target_idx"]))
-    for _ in range(150):
-        optimizer.zero_grad()
-        module.compute_loss(batch).backward()
-        optimizer.step()
-    return module.model.eval()
+    return fit_full_batch(_module(tower, dm), dm)
 
 
 @pytest.fixture

@@ -48,11 +48,15 @@ def graph_tower(path: str, dm, arrays, **kwargs) -> ItemTower:  # noqa: F811
 def trained(tiny_bert_path: str, dm, arrays):  # noqa: F811
     """A frozen graph tower + GRU user tower trained 150 full-batch steps (a few seconds)."""
     torch.manual_seed(0)
-    module = _module(graph_tower(tiny_bert_path, dm, arrays, id_dim=0), dm)
-    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=0.02)
+    return fit_full_batch(_module(graph_tower(tiny_bert_path, dm, arrays, id_dim=0), dm), dm)
+
+
+def fit_full_batch(module, dm, steps: int = 150, lr: float = 0.02):
+    """``module``'s model after ``steps`` Adam steps on the whole training set, in eval mode."""
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     module.train()
     batch = _batch(dm, size=len(dm.train_tensors["target_idx"]))
-    for _ in range(150):
+    for _ in range(steps):
         optimizer.zero_grad()
         module.compute_loss(batch).backward()
         optimizer.step()
