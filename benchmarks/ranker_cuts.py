@@ -55,18 +55,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest drop of full-history NDCG@10 vs share 0 a choice may cost")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    from omegaconf import OmegaConf
-
     from benchmarks.machine import provenance
     from engine.artifacts import ArtifactPaths, save_json
-    from recdata import load_dataset, split_dataset
 
     started = time.perf_counter()
     paths = ArtifactPaths(args.artifacts)
-    run_cfg = OmegaConf.load(paths.config)
-    seed, data_cfg = int(run_cfg.seed), OmegaConf.to_container(run_cfg.data, resolve=True)
-    split = split_dataset(load_dataset(data_cfg["source"], **data_cfg["options"]),
-                          **data_cfg["split"])
+    seed, data_cfg, split = run_split(paths)
     found = validate(paths.root, split, seed, args.shares, args.ks, args.fold_seeds,
                      args.tolerance)
     out = args.out or ROOT / f"benchmarks/results/ranker_cut_contexts_{data_cfg['name']}.json"
@@ -80,6 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     save_json(out, result)
     print(markdown(result))
     return 0
+
+
+def run_split(paths: Any) -> tuple[int, dict[str, Any], Any]:
+    """(seed, data config, split) of the run at ``paths`` (engine.artifacts.ArtifactPaths),
+    as its towers were trained."""
+    from omegaconf import OmegaConf
+
+    from recdata import load_dataset, split_dataset
+
+    run_cfg = OmegaConf.load(paths.config)
+    data_cfg = OmegaConf.to_container(run_cfg.data, resolve=True)
+    split = split_dataset(load_dataset(data_cfg["source"], **data_cfg["options"]),
+                          **data_cfg["split"])
+    return int(run_cfg.seed), data_cfg, split
 
 
 def validate(run_dir: Path, split: Any, seed: int, shares: list[float], ks: list[int],

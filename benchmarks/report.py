@@ -294,8 +294,19 @@ def _ranking_sections(payload: Mapping[str, Any]) -> list[str]:
                 f"candidates; {ranker.get('best_round')} rounds (early stopping on held-out "
                 f"users: NDCG@10 {_fmt(ranker.get('held_out_ndcg_at_10'))})",
                 f"- fusion baseline weights (chosen on the same rows): "
-                f"{_get(ranker, 'fusion', 'weights')}", "",
-                "Feature importance (total gain, top 15):", ""]
+                f"{_get(ranker, 'fusion', 'weights')}",
+                f"- segment weights in the objective (by target): "
+                f"{ranker.get('segment_weights') or 'none (all 1)'}"]
+        view = (ranker.get("held_out_view") or {}).get("masked")
+        if view:
+            names = ("overall", "head", "long_tail", "cold")
+            out += ["", "Validation (the ranker's held-out users, rows whose target a source "
+                    "returned, history masked), R@10 / N@10:", ""]
+            out += _table(["order", *names], [
+                [system, *[f"{_fmt(_get(values, n, 'recall_at_10'))} / "
+                           f"{_fmt(_get(values, n, 'ndcg_at_10'))}" for n in names]]
+                for system, values in view.items()])
+        out += ["", "Feature importance (total gain, top 15):", ""]
         gains = list((ranker.get("importance_gain") or {}).items())[:15]
         total = sum(g for _, g in (ranker.get("importance_gain") or {}).items()) or 1.0
         out += _table(["feature", "gain", "share"],

@@ -156,6 +156,69 @@ def segment_objective(ndcg: np.ndarray, segments: list[str]) -> float:
     return float(np.mean(parts))
 
 
+VIEW_SEGMENTS: dict[str, tuple[str, ...] | None] = {
+    "overall": None, "head": ("head",), "long_tail": ("long_tail",), "cold": COLD_SEGMENTS}
+REFERENCE_ORDERS = {"towers": "towers_score", "bm25": "bm25_score", "zero_shot": "zero_shot_score"}
+
+
+def masked(scores: np.ndarray, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``scores`` with the session's own items other than the target sunk to -inf: the
+    benchmark's headline protocol (history masked, the target stays rankable)."""
+    from ranking.scorers import COLUMN
+
+    in_session = np.nan_to_num(features[:, COLUMN["in_session_count"]]) > 0
+    return np.where(in_session & (labels <= 0), -np.inf, scores)
+
+
+def held_out_view(rows: Mapping[str, Any], held: np.ndarray, scores: np.ndarray
+                  ) -> dict[str, Any]:
+    """NDCG@10 and recall@10 on the held-out groups ``held`` (G,) of ``rows``, history masked
+    and not, per target segment (overall, head, long tail, cold = new + unseen), for the
+    ranker's ``scores`` (of the held rows, in order) and for the towers', BM25's and the
+    zero-shot order of the same candidates (references: a source's own top 10 is always among
+    the merged candidates, so its order there is its order alone). Groups whose target no
+    source returned are not in ``rows``; they score 0 for every system alike."""
+    from ranking.scorers import COLUMN, ndcg_of_positive
+
+    row_held = np.repeat(held, rows["sizes"])
+    features, labels = rows["features"][row_held], rows["labels"][row_held]
+    sizes, segments = rows["sizes"][held], np.asarray(rows["segments"], dtype=object)[held]
+    systems = {"ranker": np.asarray(scores, np.float64)} | {
+        name: np.nan_to_num(features[:, COLUMN[column]].astype(np.float64), nan=-np.inf)
+        for name, column in REFERENCE_ORDERS.items()}
+    out: dict[str, Any] = {"groups": {name: int(len(segments) if wanted is None
+                                                else np.isin(segments, wanted).sum())
+                                      for name, wanted in VIEW_SEGMENTS.items()}}
+    for protocol in ("masked", "unmasked"):
+        out[protocol] = {}
+        for system, values in systems.items():
+            ndcg = ndcg_of_positive(masked(values, features, labels) if protocol == "masked"
+                                    else values, labels, sizes)
+            out[protocol][system] = {
+                name: {"ndcg_at_10": float(ndcg[m].mean()) if m.any() else None,
+                       "recall_at_10": float((ndcg[m] > 0).mean()) if m.any() else None}
+                for name, wanted in VIEW_SEGMENTS.items()
+                for m in [np.ones(len(ndcg), bool) if wanted is None
+                          else np.isin(segments, wanted)]}
+    return out
+
+
+def group_weights(segments: Sequence[str], weights: Mapping[str, float] | None
+                  ) -> np.ndarray | None:
+    """Each group's weight in the LambdaRank objective by its target's segment
+    (``ranking.segment_weights``; a segment not named weighs 1); None when all are 1."""
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - {"head", "long_tail", "new", "unseen"})
+    if unknown:
+        raise ValueError(f"ranking.segment_weights: unknown segments {unknown}; expected some "
+                         "of head, long_tail, new, unseen")
+    if not all(isinstance(v, (int, float)) and v > 0 for v in weights.values()):
+        raise ValueError(f"ranking.segment_weights must be numbers > 0, got {dict(weights)}")
+    out = np.array([float(weights.get(segment, 1.0)) for segment in segments])
+    return None if np.all(out == 1.0) else out
+
+
 def tune_fusion(rows: dict[str, Any]) -> dict[str, Any]:
     """The fusion weights (ranking.scorers.fusion_grid) that maximise ``segment_objective``."""
     from ranking.scorers import COLUMN, FUSION_SIGNALS, fusion_grid, ndcg_of_positive, zscore
@@ -222,6 +285,8 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
     from ranking.scorers import train_lambdarank
 
     paths = ArtifactPaths(run_dir)
+    weights = dict(cfg.get("segment_weights") or {})
+    group_weights((), weights)  # a bad setting stops before the candidates are collected
     started = time.perf_counter()
     recommender, quotas, hidden = ranker_recommender(paths, split, cfg, drop_sources)
     cut = dict(cfg.get("cut_contexts") or {})
@@ -231,7 +296,11 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
     contexts = examples["context"].to_numpy()[rows["examples"]]
     booster, info = train_lambdarank(rows["features"], rows["labels"], rows["sizes"],
                                      rows["users"], dict(cfg["lightgbm"]), seed,
-                                     feature_mask=hidden, group_kinds=contexts)
+                                     feature_mask=hidden, group_kinds=contexts,
+                                     group_weights=group_weights(rows["segments"], weights),
+                                     keep_held_scores=True)
+    info["held_out_view"] = held_out_view(rows, info.pop("held_out_groups_mask"),
+                                          info.pop("held_out_scores"))
     fusion = tune_fusion(subset_rows(rows, contexts == FULL))  # the fusion baseline as before
     gains = booster.feature_importance(importance_type="gain")
     meta = {
@@ -246,6 +315,7 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
             "by_target_segment": pd.Series(rows["segments"]).value_counts().to_dict()},
         "cut_contexts": {"ks": [int(k) for k in cut.get("ks") or []],
                          "share": float(cut.get("share") or 0.0)},
+        "segment_weights": {k: float(v) for k, v in weights.items()},
         "candidate_recall": coverage(examples, rows["found"]),
         "importance_gain": {f: float(g) for f, g in sorted(
             zip(FEATURES, gains), key=lambda pair: -pair[1])},
@@ -258,6 +328,7 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
     save_ranker(LightGBMRanker(booster, meta), Path(out_dir) if out_dir else
                 paths.root / "ranker", stamp=run_stamp(paths))
     return {k: meta[k] for k in ("best_round", "held_out_ndcg_at_10", "held_out_by_kind",
+                                 "held_out_view", "segment_weights",
                                  "examples", "candidate_recall", "collect_seconds",
                                  "train_seconds")} | {
         "fusion_weights": fusion["weights"]}

@@ -151,7 +151,10 @@ def train_lambdarank(features: np.ndarray, labels: np.ndarray, group_sizes: np.n
                      group_users: Sequence[str], params: Mapping[str, Any], seed: int,
                      valid_share: float = 0.2, feature_mask: Sequence[str] = (),
                      group_kinds: Sequence[str] | None = None,
-                     score_only: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
+                     score_only: np.ndarray | None = None,
+                     group_weights: np.ndarray | None = None,
+                     keep_held_scores: bool = False, refit: bool = True
+                     ) -> tuple[Any, dict[str, Any]]:
     """LambdaRank on (features (N, F), labels (N,), group_sizes (G,)): early stopping on a
     user-grouped ``valid_share`` of the groups (the held-out fold: every group of a held-out
     user), then a refit on every group with the best number of rounds. ``feature_mask`` names
@@ -160,6 +163,12 @@ def train_lambdarank(features: np.ndarray, labels: np.ndarray, group_sizes: np.n
     per kind. ``score_only`` (G,) bool marks groups never fitted nor used for early stopping,
     only scored in those per-kind figures when their user is held out (validation of the
     training rows themselves: every setting scored on the same held-out rows).
+    ``group_weights`` (G,) weighs each group in the objective and in the early-stopping
+    NDCG (LightGBM's query weights: the mean of a group's row weights), e.g. by target
+    segment. ``keep_held_scores`` adds ``held_out_groups_mask`` (G,) and ``held_out_scores``
+    (the early-stopped model's scores of those groups' rows) to the info — arrays, for the
+    caller's own held-out figures, not for saving. ``refit=False`` returns the early-stopped
+    model instead of refitting on every group (validation sweeps).
     Returns (booster, info with the held-out NDCG@10 curve and the best round)."""
     import lightgbm
 
@@ -174,14 +183,24 @@ def train_lambdarank(features: np.ndarray, labels: np.ndarray, group_sizes: np.n
     held = scored & used
     row_held, row_used = np.repeat(held, group_sizes), np.repeat(used, group_sizes)
     fit_rows = row_used & ~row_held
+    if group_weights is not None and len(group_weights) != len(group_sizes):
+        raise RankerError(f"{len(group_weights)} group weights for {len(group_sizes)} groups; "
+                          "give one weight per group")
+    row_weight = (None if group_weights is None
+                  else np.repeat(np.asarray(group_weights, np.float64), group_sizes))
+
+    def weight(rows: np.ndarray) -> np.ndarray | None:
+        return None if row_weight is None else row_weight[rows]
+
     base = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10],
             "verbosity": -1, "seed": seed, "deterministic": True, "num_threads": 2,
             **{k: v for k, v in params.items() if k != "num_boost_round"}}
     rounds = int(params.get("num_boost_round", 500))
     fit = lightgbm.Dataset(features[fit_rows], labels[fit_rows], group=group_sizes[used & ~held],
-                           feature_name=list(FEATURES), free_raw_data=False)
+                           weight=weight(fit_rows), feature_name=list(FEATURES),
+                           free_raw_data=False)
     valid = lightgbm.Dataset(features[row_held], labels[row_held], group=group_sizes[held],
-                             reference=fit)
+                             weight=weight(row_held), reference=fit)
     curve: dict[str, list[float]] = {}
     booster = lightgbm.train(base, fit, num_boost_round=rounds, valid_sets=[valid],
                              valid_names=["held_out_users"],
@@ -192,16 +211,21 @@ def train_lambdarank(features: np.ndarray, labels: np.ndarray, group_sizes: np.n
     info = {"best_round": best, "held_out_ndcg_at_10": float(held_ndcg[best - 1]),
             "held_out_groups": int(held.sum()), "fit_groups": int((used & ~held).sum()),
             "rows": int(row_used.sum()), "params": base, "feature_mask": list(feature_mask)}
+    if group_kinds is not None or keep_held_scores:
+        rows = np.repeat(scored, group_sizes)
+        held_scores = booster.predict(features[rows], num_iteration=best)
+    if keep_held_scores:
+        info["held_out_groups_mask"], info["held_out_scores"] = scored, held_scores
     if group_kinds is not None:
         kinds = np.asarray(group_kinds, dtype=object)
-        rows = np.repeat(scored, group_sizes)
-        ndcg = ndcg_of_positive(booster.predict(features[rows], num_iteration=best),
-                                labels[rows], group_sizes[scored])
+        ndcg = ndcg_of_positive(held_scores, labels[rows], group_sizes[scored])
         info["held_out_by_kind"] = {
             str(kind): {"groups": int((kinds[scored] == kind).sum()),
                         "ndcg_at_10": float(ndcg[kinds[scored] == kind].mean())}
             for kind in sorted(set(kinds[scored]))}
+    if not refit:
+        return booster, info
     full = lightgbm.Dataset(features[row_used], labels[row_used], group=group_sizes[used],
-                            feature_name=list(FEATURES))
+                            weight=weight(row_used), feature_name=list(FEATURES))
     final = lightgbm.train(base, full, num_boost_round=best)
     return final, info

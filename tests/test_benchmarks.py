@@ -397,3 +397,34 @@ def test_ranker_cuts_scores_every_share_on_the_same_held_out_rows(tiny_ranked_ar
     assert held(off) == held(full) and set(held(off)) == {"full", "cut_1", "cut_2"}
     assert set(report["references_mean_over_seeds"]["towers"]) == {"full", "cut_1", "cut_2"}
     assert "share 0.0" in ranker_cuts.markdown(report)
+
+
+def test_ranker_weights_scores_every_weight_on_the_same_held_out_rows(
+        tiny_ranked_artifacts: Path, tiny_split) -> None:
+    from benchmarks import ranker_weights
+
+    grid = ranker_weights.settings([1.0, 4.0], [2.0])
+    assert list(grid) == ["long_tail=1,cold=2", "long_tail=4,cold=2"]
+    report = ranker_weights.validate(tiny_ranked_artifacts, tiny_split, 0, grid, fold_seeds=[0])
+    assert report["chosen"] in grid and report["chosen_weights"] == grid[report["chosen"]]
+    plain, heavy = report["weights"]["long_tail=1,cold=2"], report["weights"]["long_tail=4,cold=2"]
+    assert heavy["weights"] == {"long_tail": 4.0, "unseen": 2.0, "new": 2.0}
+    assert plain["by_seed"]["0"]["held_out_groups"] == heavy["by_seed"]["0"]["held_out_groups"]
+    for entry in (plain, heavy):
+        assert set(entry["mean_over_seeds"]) == {"ranker", "towers", "bm25", "zero_shot",
+                                                 "fusion"}
+    assert plain["mean_over_seeds"]["bm25"] == heavy["mean_over_seeds"]["bm25"]
+    assert "chosen: long_tail=" in ranker_weights.markdown(report)
+
+
+def test_ranker_weights_rule_meets_the_bar_at_the_least_overall_cost() -> None:
+    from benchmarks.ranker_weights import choose
+
+    def entry(met: bool, overall: float, objective: float) -> dict:
+        return {"verdict": {"met": met, "segment_objective": objective,
+                            "overall_vs_fusion": {"ranker": overall}}}
+
+    assert choose({"a": entry(False, 0.30, 0.3), "b": entry(True, 0.25, 0.2),
+                   "c": entry(True, 0.27, 0.25), "d": entry(True, 0.26, 0.4)}) == "c"
+    assert choose({"a": entry(False, 0.30, 0.3), "b": entry(False, 0.2, 0.35),
+                   "c": entry(False, 0.25, 0.25)}) == "b"  # none meets it: best objective

@@ -280,3 +280,81 @@ def test_bm25_index_round_trips_and_refuses_a_damaged_folder(tmp_path: Path, tab
 
     with pytest.raises(BM25Error, match="rebuild"):
         BM25Index.load(tmp_path / "bm25")
+
+
+def _conflicting_groups(seed: int, n_groups: int = 400, size: int = 20, rare_share: float = 0.2):
+    """Two kinds of group the features cannot tell apart: in "common" groups the positive has
+    a high ``bm25_score`` and a decoy a high ``towers_score``; in "rare" ones the reverse. A
+    ranker fitted on all groups alike follows the common kind."""
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(n_groups * size, len(FEATURES))).astype(np.float32)
+    labels = np.zeros(n_groups * size, np.float32)
+    rare = rng.random(n_groups) < rare_share
+    for g in range(n_groups):
+        pos, decoy = g * size + rng.choice(size, 2, replace=False)
+        labels[pos] = 1
+        win, lose = ("towers_score", "bm25_score") if rare[g] else ("bm25_score", "towers_score")
+        feats[pos, COLUMN[win]] += 3.0
+        feats[decoy, COLUMN[lose]] += 3.0
+    users = [f"u{g % 100}" for g in range(n_groups)]
+    return feats, labels, np.full(n_groups, size), users, rare
+
+
+def test_group_weights_move_the_ranker_towards_the_weighted_groups() -> None:
+    from ranking.scorers import ndcg_of_positive
+
+    feats, labels, sizes, users, rare = _conflicting_groups(0, n_groups=1000)
+    params = {"num_boost_round": 40, "min_data_in_leaf": 5}
+
+    def rare_ndcg(weights):
+        _, info = train_lambdarank(feats, labels, sizes, users, params, seed=0,
+                                   group_weights=weights, keep_held_scores=True, refit=False)
+        held = info["held_out_groups_mask"]
+        ndcg = ndcg_of_positive(info["held_out_scores"], labels[np.repeat(held, sizes)],
+                                sizes[held])
+        return ndcg[rare[held]].mean(), ndcg[~rare[held]].mean()
+
+    plain_rare, plain_common = rare_ndcg(None)
+    heavy_rare, heavy_common = rare_ndcg(np.where(rare, 10.0, 1.0))
+    assert heavy_rare > plain_rare + 0.2 and heavy_common < plain_common
+    with pytest.raises(RankerError, match="one weight per group"):
+        train_lambdarank(feats, labels, sizes, users, params, seed=0, group_weights=np.ones(3))
+
+
+def test_segment_weights_name_known_segments_and_positive_numbers() -> None:
+    from pipeline.ranker_stage import group_weights
+
+    assert group_weights(["head", "long_tail"], {}) is None
+    assert group_weights(["head", "long_tail"], {"head": 1.0, "long_tail": 1.0}) is None
+    np.testing.assert_array_equal(
+        group_weights(["head", "long_tail", "unseen"], {"long_tail": 3, "unseen": 2}),
+        [1.0, 3.0, 2.0])
+    with pytest.raises(ValueError, match="unknown segments"):
+        group_weights(["head"], {"tail": 2.0})
+    with pytest.raises(ValueError, match="> 0"):
+        group_weights(["head"], {"long_tail": 0})
+
+
+def test_held_out_view_masks_the_session_but_keeps_the_target() -> None:
+    from pipeline.ranker_stage import held_out_view
+
+    # one group of 3 candidates: a session item (not the target) scored highest, the target
+    # second; a second group whose target is itself in the session, scored below a non-item
+    feats = np.full((6, len(FEATURES)), np.nan, np.float32)
+    feats[:, COLUMN["in_session_count"]] = [2, 0, 0, 1, 0, 0]
+    for name, column in (("towers", [0.9, 0.5, 0.1, 0.2, 0.8, 0.1]),
+                         ("bm25", [0.1, 0.9, 0.5, 0.9, 0.1, 0.2]),
+                         ("zero_shot", [0.5, 0.1, 0.9, 0.1, 0.2, 0.9])):
+        feats[:, COLUMN[f"{name}_score"]] = column
+    rows = {"features": feats, "labels": np.array([0, 1, 0, 1, 0, 0], np.float32),
+            "sizes": np.array([3, 3]), "segments": ["long_tail", "unseen"]}
+    ranker = np.array([3.0, 2.0, 1.0, 1.0, 2.0, 0.0])
+    view = held_out_view(rows, np.array([True, True]), ranker)
+    assert view["groups"] == {"overall": 2, "head": 0, "long_tail": 1, "cold": 1}
+    masked, unmasked = view["masked"], view["unmasked"]
+    assert masked["ranker"]["long_tail"]["ndcg_at_10"] == 1.0  # the session item is sunk
+    assert unmasked["ranker"]["long_tail"]["ndcg_at_10"] == pytest.approx(1 / np.log2(3))
+    assert masked["ranker"]["cold"]["ndcg_at_10"] == pytest.approx(1 / np.log2(3))  # target kept
+    assert masked["bm25"]["overall"]["ndcg_at_10"] == 1.0
+    assert masked["towers"]["long_tail"]["recall_at_10"] == 1.0
+    assert masked["towers"]["head"]["ndcg_at_10"] is None  # no head group held out
