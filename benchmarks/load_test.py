@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=20, help="requests before measuring")
     parser.add_argument("--k", type=positive(int), default=10, help="items per request")
     parser.add_argument("--no-rerank", action="store_true", help="serve without the reranker")
+    parser.add_argument("--rerank-mode", choices=("auto", "always", "never"), default=None,
+                        help="the service's --rerank-mode (default: the run's policy)")
     parser.add_argument("--engine-threads", type=positive(int), default=2,
                         help="server --engine-threads")
     parser.add_argument("--torch-threads", type=positive(int), default=1,
@@ -137,6 +139,7 @@ async def run_level(url: str, headers: dict[str, str], sessions: list[dict[str, 
 
     latencies: list[float] = []
     server_ms: list[float] = []
+    reranked = 0  # answers the cross-encoder re-scored
     errors: dict[str, int] = {}
     add_ms: list[float] = []
     issued = 0
@@ -159,7 +162,7 @@ async def run_level(url: str, headers: dict[str, str], sessions: list[dict[str, 
             return outcome, (time.perf_counter() - began) * 1000.0, payload
 
         async def worker() -> None:
-            nonlocal issued
+            nonlocal issued, reranked
             while issued < max_requests and time.perf_counter() < deadline:
                 number, issued = issued, issued + 1
                 if number in add_at:
@@ -171,6 +174,7 @@ async def run_level(url: str, headers: dict[str, str], sessions: list[dict[str, 
                 latencies.append(ms)
                 if outcome == "200" and payload is not None:
                     server_ms.append(payload["timings_ms"]["total"])
+                    reranked += bool(payload.get("reranked"))
                 else:
                     errors[outcome] = errors.get(outcome, 0) + 1
 
@@ -180,7 +184,7 @@ async def run_level(url: str, headers: dict[str, str], sessions: list[dict[str, 
             "errors": sum(errors.values()), "error_kinds": errors,
             "seconds": round(elapsed, 3), "throughput_rps": round(len(latencies) / elapsed, 2),
             "latency_ms": percentiles(latencies), "server_total_ms": percentiles(server_ms),
-            "adds": len(add_ms), "add_latency_ms": percentiles(add_ms)}
+            "reranked": reranked, "adds": len(add_ms), "add_latency_ms": percentiles(add_ms)}
 
 
 async def delete_items(url: str, headers: dict[str, str], ids: list[str]) -> int:
@@ -236,6 +240,8 @@ def start_server(args: argparse.Namespace, root: Path, port: int, api_key: str,
                "--torch-threads", str(args.torch_threads)]
     if args.no_rerank:
         command.append("--no-rerank")
+    if args.rerank_mode:
+        command += ["--rerank-mode", args.rerank_mode]
     with open(log_path, "wb") as log_file:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file,
                                 stderr=subprocess.STDOUT)
@@ -288,16 +294,17 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"# {machine['cpu_model']}, {machine['cpu_cores']} cores, python "
              f"{machine['python']}, {machine['libraries']}",
              f"# artifacts {config['artifacts']} ({result['server']['items']} items), rerank "
-             f"{not config['no_rerank']}, engine threads {config['engine_threads']}, torch "
-             f"threads {config['torch_threads']}",
+             f"{not config['no_rerank']} (mode {config.get('rerank_mode') or 'policy'}), engine "
+             f"threads {config['engine_threads']}, torch threads {config['torch_threads']}",
              f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} "
-             f"{'p95 ms':>8} {'p99 ms':>8} {'srv p50':>8} {'adds':>4} {'add p50':>8}"]
+             f"{'p95 ms':>8} {'p99 ms':>8} {'srv p50':>8} {'rerank':>6} {'adds':>4} "
+             f"{'add p50':>8}"]
     for level in result["levels"]:
         lat, srv, add = level["latency_ms"], level["server_total_ms"], level["add_latency_ms"]
         lines.append(f"{level['concurrency']:>7} {level['requests']:>8} {level['errors']:>6} "
                      f"{level['throughput_rps']:>8.1f} {lat['p50'] or 0:>8.1f} "
                      f"{lat['p95'] or 0:>8.1f} {lat['p99'] or 0:>8.1f} {srv['p50'] or 0:>8.1f} "
-                     f"{level['adds']:>4} {add['p50'] or 0:>8.1f}")
+                     f"{level.get('reranked', 0):>6} {level['adds']:>4} {add['p50'] or 0:>8.1f}")
     goal = result["goal"]
     lines.append(f"goal (0 errors, p99 <= 3x p50 at saturation = {goal['saturating_concurrency']}"
                  f" clients): {'met' if goal['met'] else 'NOT met'} (errors "
@@ -356,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
               "config": {"artifacts": str(source), "requests": args.requests,
                          "duration_s": args.duration, "concurrency": args.concurrency,
                          "adds": args.adds, "k": k, "no_rerank": args.no_rerank,
+                         "rerank_mode": args.rerank_mode,
                          "engine_threads": args.engine_threads,
                          "torch_threads": args.torch_threads, "host": HOST},
               "levels": levels}

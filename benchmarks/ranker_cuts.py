@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,24 +56,38 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest drop of full-history NDCG@10 vs share 0 a choice may cost")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    from engine.artifacts import ArtifactPaths
+
+    paths = ArtifactPaths(args.artifacts)
+    return run_validation(
+        paths, "ranker_cuts", argv, lambda seed, split: validate(
+            paths.root, split, seed, args.shares, args.ks, args.fold_seeds, args.tolerance),
+        lambda seed: {"cut_copies": seed, "fold_seeds": list(args.fold_seeds)},
+        args.out, "ranker_cut_contexts", markdown)
+
+
+def run_validation(paths: Any, module: str, argv: list[str] | None,
+                   validate_: Callable[[int, Any], dict[str, Any]],
+                   seeds: Callable[[int], dict[str, Any]], out: Path | None, stem: str,
+                   markdown_: Callable[[dict[str, Any]], str]) -> int:
+    """The shared body of the ranker's validation tools: the run's split, ``validate_(seed,
+    split)``, a results file with provenance (``benchmarks/results/<stem>_<data>.json``
+    unless ``out``), its markdown printed."""
     from benchmarks.machine import provenance
-    from engine.artifacts import ArtifactPaths, save_json
+    from engine.artifacts import save_json
 
     started = time.perf_counter()
-    paths = ArtifactPaths(args.artifacts)
     seed, data_cfg, split = run_split(paths)
-    found = validate(paths.root, split, seed, args.shares, args.ks, args.fold_seeds,
-                     args.tolerance)
-    out = args.out or ROOT / f"benchmarks/results/ranker_cut_contexts_{data_cfg['name']}.json"
+    found = validate_(seed, split)
     result = {
-        **provenance("python -m benchmarks.ranker_cuts " + " ".join(argv or sys.argv[1:]),
-                     {"cut_copies": seed, "fold_seeds": list(args.fold_seeds)}, LIBRARIES),
+        **provenance(f"python -m benchmarks.{module} " + " ".join(argv or sys.argv[1:]),
+                     seeds(seed), LIBRARIES),
         "split": "validation (the ranker's held-out user fold; never test)",
         "artifacts": str(paths.root), "data": data_cfg["name"],
         "split_fingerprint": split.fingerprint, **found,
         "seconds": {**found["seconds"], "total": round(time.perf_counter() - started, 1)}}
-    save_json(out, result)
-    print(markdown(result))
+    save_json(out or ROOT / f"benchmarks/results/{stem}_{data_cfg['name']}.json", result)
+    print(markdown_(result))
     return 0
 
 

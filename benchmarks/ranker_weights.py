@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = ("lightgbm", "numpy", "pandas", "torch", "faiss-cpu")
 SEGMENTS = ("overall", "head", "long_tail", "cold")
 log = logging.getLogger("ranker_weights")
 
@@ -202,26 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if any(w <= 0 for w in [*args.long_tail, *args.cold]):
         p.error(f"weights must be > 0, got --long-tail {args.long_tail} --cold {args.cold}")
-    from benchmarks.machine import provenance
-    from benchmarks.ranker_cuts import run_split
-    from engine.artifacts import ArtifactPaths, save_json
+    from benchmarks.ranker_cuts import run_validation
+    from engine.artifacts import ArtifactPaths
 
-    started = time.perf_counter()
     paths = ArtifactPaths(args.artifacts)
-    seed, data_cfg, split = run_split(paths)
-    found = validate(paths.root, split, seed, settings(args.long_tail, args.cold),
-                     args.fold_seeds)
-    out = args.out or ROOT / f"benchmarks/results/ranker_weights_{data_cfg['name']}.json"
-    result = {
-        **provenance("python -m benchmarks.ranker_weights " + " ".join(argv or sys.argv[1:]),
-                     {"rows": seed, "fold_seeds": list(args.fold_seeds)}, LIBRARIES),
-        "split": "validation (the ranker's held-out user fold; never test)",
-        "artifacts": str(paths.root), "data": data_cfg["name"],
-        "split_fingerprint": split.fingerprint, **found,
-        "seconds": {**found["seconds"], "total": round(time.perf_counter() - started, 1)}}
-    save_json(out, result)
-    print(markdown(result))
-    return 0
+    return run_validation(
+        paths, "ranker_weights", argv, lambda seed, split: validate(
+            paths.root, split, seed, settings(args.long_tail, args.cold), args.fold_seeds),
+        lambda seed: {"rows": seed, "fold_seeds": list(args.fold_seeds)},
+        args.out, "ranker_weights", markdown)
 
 
 if __name__ == "__main__":

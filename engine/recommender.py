@@ -94,6 +94,7 @@ class Recommender:
             raise ArtifactsError(f"the index holds {index.dim}-d vectors but the towers make "
                                  f"{model.dim}-d ones; rebuild the index from these towers")
         self.model = model.eval()
+        self.rerank_mode: str | None = None  # an override of the policy's mode (from_artifacts)
         self.encoder = SessionEncoder(model)
         self.index = index
         self.reranker = reranker
@@ -126,11 +127,14 @@ class Recommender:
     def from_artifacts(cls, root: str | Path, *, rerank: bool = True, use_gpu: bool | None = None,
                        policy: RerankPolicy | None = None, scorer: str = "auto",
                        candidates: Mapping[str, Any] | None = None,
-                       ranker_dir: str | Path | None = None) -> Recommender:
+                       ranker_dir: str | Path | None = None,
+                       rerank_mode: str | None = None) -> Recommender:
         """Load ``artifacts/<run>/`` once: towers, the current generation's catalogue, index and
         ranking parts (BM25, zero-shot vectors) when present, the ranker and the reranker when
         present, the rerank policy from config.yaml. Parts from another training run than the
-        towers (or an index built from other towers) are refused."""
+        towers (or an index built from other towers) are refused. ``rerank_mode`` (``auto``,
+        ``always``, ``never``) overrides the policy's mode (kept as ``self.rerank_mode``, so a
+        reload can pass it on)."""
         from engine.state import RANKING_PARTS, check_run, load_state, run_stamp
         from pipeline.ranking_parts import load_ranking_parts
 
@@ -145,13 +149,17 @@ class Recommender:
         generation, parts = load_state(paths, stamp, use_gpu=use_gpu, optional=RANKING_PARTS)
         reranker = loading.load_reranker(paths, device, stamp) if rerank else None
         policy = policy or loading.run_policy(paths)
+        if rerank_mode is not None:
+            policy = policy.with_mode(rerank_mode)
         ranking = (load_ranking_parts(paths, model, ranker_dir=ranker_dir, bm25=parts["bm25"],
                                       zero_shot=parts["zeroshot"])
                    if parts["bm25"] is not None and parts["zeroshot"] is not None else None)
-        return cls(model, parts["index"], parts["catalogue"], reranker=reranker, policy=policy,
-                   rerank=rerank, fingerprint=fingerprint, paths=paths, ranking=ranking,
-                   scorer=scorer, candidates=candidates, generation=generation, stamp=stamp,
-                   use_gpu=use_gpu)
+        engine = cls(model, parts["index"], parts["catalogue"], reranker=reranker,
+                     policy=policy, rerank=rerank, fingerprint=fingerprint, paths=paths,
+                     ranking=ranking, scorer=scorer, candidates=candidates,
+                     generation=generation, stamp=stamp, use_gpu=use_gpu)
+        engine.rerank_mode = rerank_mode
+        return engine
 
     def reload_state(self) -> None:
         """Re-read the serving state of the artifacts' current generation (another writer

@@ -132,6 +132,13 @@ class RerankPolicy:
                           "rerank_segments": segments}
         return out
 
+    def with_mode(self, mode: str) -> RerankPolicy:
+        """A copy of this policy with ``mode`` (e.g. an operator's ``always`` over the run's
+        ``auto``); the rules, blend weights and top-N are kept."""
+        return RerankPolicy(mode=mode, top_n=self.top_n, cold_max_events=self.cold_max_events,
+                            blend_alpha=self.blend_alpha, rerank_segments=self.rerank_segments,
+                            standardize=self.standardize, rules=self.rules)
+
     def __repr__(self) -> str:
         return (f"RerankPolicy(mode={self.mode!r}, top_n={self.top_n}, "
                 f"cold_max_events={self.cold_max_events}, blend_alpha={self.blend_alpha}, "

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"TCP port (default {DEFAULT_PORT})")
     parser.add_argument("--no-rerank", action="store_true",
                         help="do not load the cross-encoder (retrieval scores only)")
+    parser.add_argument("--rerank-mode", choices=("auto", "always", "never"), default=None,
+                        help="override the run's rerank policy: auto (its per-group rules, "
+                             "decided on validation), always (re-score the top N of every "
+                             "session), never; default: the run's own policy")
     parser.add_argument("--api-keys-file", default=None,
                         help="file of API keys, one per line; with it (or FIRSTCLICK_API_KEYS, "
                              "comma-separated) every route but /healthz needs X-API-Key")
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
         set_compute_threads(args.torch_threads)
         state_store(paths.root).tidy()  # what a killed writer left (skipped if one is writing)
-        recommender = Recommender.from_artifacts(paths.root, rerank=not args.no_rerank)
+        recommender = Recommender.from_artifacts(paths.root, rerank=not args.no_rerank,
+                                                 rerank_mode=args.rerank_mode)
         # opened (locked, torn tail recovered) before uvicorn, so a second writer fails here
         event_log = EventLog.open(event_dir / LOG_FILE) if event_dir is not None else None
     except (AuthConfigError, UserKeyError, ValueError) as err:  # engine errors: ValueErrors

@@ -133,6 +133,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def create_app(artifacts: str | Path | None = None, recommender: Recommender | None = None,
                api_keys: set[str] | None = None, *, rerank: bool = True,
+               rerank_mode: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
                max_items: int = DEFAULT_MAX_ITEMS, engine_threads: int = DEFAULT_ENGINE_THREADS,
                torch_threads: int | None = None, max_results: int = DEFAULT_MAX_RESULTS,
@@ -147,6 +148,8 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
     ``torch_threads``: when set, torch's and FAISS's intra-op threads at start-up (process-wide,
     ``engine.loading.set_compute_threads``).
     ``max_results``: items one request may ask for in all (k x sessions).
+    ``rerank_mode``: with ``artifacts``, overrides the run's rerank policy mode (``auto``,
+    ``always``, ``never``; ``Recommender.from_artifacts``); reloads keep it.
     ``event_log``: the folder of the event log (``<artifacts>/events``, or an opened
     ``EventLog``) that ``POST /events`` appends to and the live counts are rebuilt from; None:
     no log (those routes answer 503).
@@ -191,7 +194,8 @@ def create_app(artifacts: str | Path | None = None, recommender: Recommender | N
             quiet_libraries()
             await anyio.to_thread.run_sync(state_store(state.artifacts).tidy)
             state.recommender = await anyio.to_thread.run_sync(
-                partial(Recommender.from_artifacts, state.artifacts, rerank=state.rerank))
+                partial(Recommender.from_artifacts, state.artifacts, rerank=state.rerank,
+                        rerank_mode=rerank_mode))
         state.limiter = anyio.CapacityLimiter(state.engine_threads)
         state.metrics.track_index_size(lambda: state.recommender.n_items)
         counts = await anyio.to_thread.run_sync(events.open)

@@ -100,7 +100,8 @@ def reload_watcher(state: Any, events: Any, every_s: float | None) -> StateWatch
     def load() -> Any:
         from engine.recommender import Recommender
 
-        return Recommender.from_artifacts(root, rerank=state.recommender.rerank)
+        return Recommender.from_artifacts(root, rerank=state.recommender.rerank,
+                                          rerank_mode=state.recommender.rerank_mode)
 
     def swap(new: Any) -> None:
         new.counts = events.counts

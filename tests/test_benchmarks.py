@@ -428,3 +428,24 @@ def test_ranker_weights_rule_meets_the_bar_at_the_least_overall_cost() -> None:
                    "c": entry(True, 0.27, 0.25), "d": entry(True, 0.26, 0.4)}) == "c"
     assert choose({"a": entry(False, 0.30, 0.3), "b": entry(False, 0.2, 0.35),
                    "c": entry(False, 0.25, 0.25)}) == "b"  # none meets it: best objective
+
+
+def test_ranker_weights_cli_writes_its_file_with_provenance(tiny_ranked_artifacts: Path,
+                                                            tiny_split, tmp_path: Path, capsys,
+                                                            monkeypatch) -> None:
+    from benchmarks import ranker_cuts, ranker_weights
+
+    # the fixture's split is built in the test, not from the run's saved data config
+    monkeypatch.setattr(ranker_cuts, "run_split", lambda paths: (0, {"name": "tiny"}, tiny_split))
+    out = tmp_path / "weights.json"
+    assert ranker_weights.main(["--artifacts", str(tiny_ranked_artifacts), "--long-tail", "1",
+                                "2", "--cold", "1", "--fold-seeds", "0", "--out",
+                                str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("python -m benchmarks.ranker_weights --artifacts")
+    assert {"commit", "machine", "seed", "split_fingerprint"} <= set(result)
+    assert result["chosen"] in ("long_tail=1,cold=1", "long_tail=2,cold=1")
+    assert "chosen: long_tail=" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        ranker_weights.main(["--artifacts", str(tiny_ranked_artifacts), "--cold", "0"])
+    assert stop.value.code == 2 and "weights must be > 0" in capsys.readouterr().err

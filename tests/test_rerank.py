@@ -198,6 +198,10 @@ def test_policy_cold_user_gets_all_top_n_warm_user_only_tail_and_new() -> None:
 
 def test_policy_modes_and_segment_choice() -> None:
     assert not RerankPolicy(mode="never").select(0, SEGMENTS).any()
+    rules = {"cold": {"enabled": False, "blend_alpha": 0.2, "rerank_segments": ["new"]}}
+    forced = RerankPolicy(top_n=7, blend_alpha=0.3, rules=rules).with_mode("always")
+    assert (forced.mode, forced.top_n, forced.blend_alpha) == ("always", 7, 0.3)
+    assert forced.rules == RerankPolicy(rules=rules).rules
     assert RerankPolicy(mode="always", top_n=5).select(50, SEGMENTS).tolist() == [True] * 5 + [
         False]
     only_new = RerankPolicy(rerank_segments=("new",))

@@ -409,6 +409,30 @@ def test_cli_serves_the_loaded_artifacts(tiny_artifacts: Path, tmp_path: Path,
         assert result.json()["reranked"] is False
 
 
+def test_cli_rerank_mode_overrides_the_runs_policy(tiny_artifacts: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import uvicorn
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app}))
+    monkeypatch.delenv("FIRSTCLICK_API_KEYS", raising=False)
+    common = ["--artifacts", str(tiny_artifacts), "--no-auth", "--log-level", "error",
+              "--no-event-log"]
+    session = {"events": [{"type": "click", "item_id": i} for i in
+                          Recommender.from_artifacts(tiny_artifacts, rerank=False).index.ids[:4]]}
+    answers = {}
+    for mode in ("never", "always"):
+        assert run_main([*common, "--rerank-mode", mode])[0] == 0
+        with TestClient(calls[-1]["app"]) as cli_client:
+            answers[mode] = cli_client.post("/recommend", json=session).json()["reranked"]
+    assert answers == {"never": False, "always": True}
+    with pytest.raises(SystemExit) as stop, redirect_stderr(io.StringIO()) as err:
+        serve_main([*common, "--rerank-mode", "sometimes"])
+    assert stop.value.code == 2 and "invalid choice: 'sometimes'" in err.getvalue()
+
+
 # ---- the load test ------------------------------------------------------------------------------
 def test_load_test_sessions_mix_new_cold_and_warm_users(item_ids: list[str]) -> None:
     import random
@@ -437,5 +461,6 @@ def test_load_test_runs_against_a_real_server(tiny_artifacts: Path, tmp_path: Pa
     for level in result["levels"]:
         assert (level["requests"], level["errors"], level["adds"]) == (24, 0, 1)
         assert level["delete_errors"] == 0 and level["latency_ms"]["p50"] > 0
+        assert level["reranked"] == 0  # --no-rerank: no answer re-scored
     assert result["config"]["host"] == "127.0.0.1" and result["goal"]["zero_errors"]
     assert ArtifactPaths(tiny_artifacts).catalogue.read_bytes() == before  # served a copy
