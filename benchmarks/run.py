@@ -382,8 +382,9 @@ def ranker_report(run_dir: Path) -> dict[str, Any] | None:
     meta = json.loads(path.read_text())
     return {k: meta.get(k) for k in ("best_round", "held_out_ndcg_at_10", "examples",
                                      "candidate_recall", "importance_gain", "fusion",
-                                     "candidates", "params", "collect_seconds",
-                                     "train_seconds")}
+                                     "candidates", "params", "cut_contexts",
+                                     "segment_weights", "held_out_by_kind", "held_out_view",
+                                     "collect_seconds", "train_seconds")}
 
 
 def ranker_ablations(args: argparse.Namespace, split: Any, variants: dict[str, Any],

@@ -449,3 +449,16 @@ def test_ranker_weights_cli_writes_its_file_with_provenance(tiny_ranked_artifact
     with pytest.raises(SystemExit) as stop:
         ranker_weights.main(["--artifacts", str(tiny_ranked_artifacts), "--cold", "0"])
     assert stop.value.code == 2 and "weights must be > 0" in capsys.readouterr().err
+
+
+def test_the_reports_ranker_section_shows_its_weights_and_held_out_view(
+        tiny_ranked_artifacts: Path) -> None:
+    from benchmarks.report import _ranking_sections
+    from benchmarks.run import ranker_report
+
+    report = ranker_report(tiny_ranked_artifacts)
+    assert report is not None and report["segment_weights"]  # the conf's weights, saved
+    assert set(report["held_out_view"]["masked"]) == {"ranker", "towers", "bm25", "zero_shot"}
+    text = "\n".join(_ranking_sections({"ranker": report}))
+    assert "segment weights in the objective (by target): {'head': 1.0, 'long_tail'" in text
+    assert "| zero_shot |" in text and "history masked), R@10 / N@10" in text

@@ -481,3 +481,17 @@ def test_policy_is_read_from_split_and_from_old_flat_configs() -> None:
                   {"top_n": 7, "mode": "never", "max_length": 64}):
         policy = policy_from_config({"rerank": group})
         assert (policy.top_n, policy.mode) == (7, "never")
+
+
+def test_rerank_sanity_control_groups_put_the_items_own_text_where_they_say() -> None:
+    from benchmarks.rerank_sanity import control_groups
+
+    titles = [f"title {i}" for i in range(30)]
+    texts = [f"title {i}. category. brand {i}" for i in range(30)]
+    train, valid = control_groups(titles, texts, n=20, negatives=8, seed=0)
+    assert len(train) == 20 and len(valid) == 5
+    for context, candidates in train:
+        assert len(candidates) == 9 and candidates[0] == texts[titles.index(context)]
+        assert candidates.count(candidates[0]) == 1  # the item is never its own negative
+    for context, candidates, positive in valid:
+        assert candidates[positive] == texts[titles.index(context)]
