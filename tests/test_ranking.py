@@ -358,3 +358,19 @@ def test_held_out_view_masks_the_session_but_keeps_the_target() -> None:
     assert masked["bm25"]["overall"]["ndcg_at_10"] == 1.0
     assert masked["towers"]["long_tail"]["recall_at_10"] == 1.0
     assert masked["towers"]["head"]["ndcg_at_10"] is None  # no head group held out
+
+
+def test_a_bad_segment_weight_stops_the_stage_before_any_work(tiny_artifacts: Path,
+                                                              tiny_split) -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline.ranker_stage import train_ranker_for_run
+
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent / "conf"
+                                                / "ranking" / "default.yaml"))
+    before = sorted(p.name for p in tiny_artifacts.iterdir())
+    for weights, message in (({"tail": 2.0}, "unknown segments"), ({"long_tail": -1}, "> 0")):
+        with pytest.raises(ValueError, match=message):
+            train_ranker_for_run(tiny_artifacts, tiny_split, {**cfg, "segment_weights": weights},
+                                 seed=0)
+    assert sorted(p.name for p in tiny_artifacts.iterdir()) == before  # nothing written
