@@ -105,26 +105,31 @@ def run_split(paths: Any) -> tuple[int, dict[str, Any], Any]:
     return int(run_cfg.seed), data_cfg, split
 
 
-def validate(run_dir: Path, split: Any, seed: int, shares: list[float], ks: list[int],
-             fold_seeds: list[int], tolerance: float) -> dict[str, Any]:
-    """The table (see the module doc) and the chosen share, for a run with trained towers."""
+def collect_rows(run_dir: Path, split: Any, seed: int, cut: dict[str, Any] | None
+                 ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The ranking conf (``conf/ranking/default.yaml``), the ranker stage's examples with
+    ``cut`` contexts (None: the conf's) and their candidate rows, ranked through the run's
+    engine as the stage ranks them."""
     from omegaconf import OmegaConf
 
     from engine.artifacts import ArtifactPaths
-    from pipeline.ranker_stage import (
-        FULL,
-        candidate_rows,
-        cut_selection,
-        ranker_examples,
-        ranker_recommender,
-    )
+    from pipeline.ranker_stage import candidate_rows, ranker_examples, ranker_recommender
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "ranking" / "default.yaml"))
+    recommender, _, _ = ranker_recommender(ArtifactPaths(run_dir), split, cfg)
+    examples = ranker_examples(split, cfg.get("max_rows"), seed,
+                               cut=cfg.get("cut_contexts") if cut is None else cut)
+    return cfg, examples, candidate_rows(recommender, examples)
+
+
+def validate(run_dir: Path, split: Any, seed: int, shares: list[float], ks: list[int],
+             fold_seeds: list[int], tolerance: float) -> dict[str, Any]:
+    """The table (see the module doc) and the chosen share, for a run with trained towers."""
+    from pipeline.ranker_stage import FULL, cut_selection
     from ranking.scorers import COLUMN, group_split, ndcg_of_positive, train_lambdarank
 
     started = time.perf_counter()
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "ranking" / "default.yaml"))
-    recommender, _, _ = ranker_recommender(ArtifactPaths(run_dir), split, cfg)
-    examples = ranker_examples(split, cfg.get("max_rows"), seed, cut={"ks": ks, "share": 1.0})
-    rows = candidate_rows(recommender, examples)
+    cfg, examples, rows = collect_rows(run_dir, split, seed, {"ks": ks, "share": 1.0})
     collect_s = time.perf_counter() - started
     kinds = examples["context"].to_numpy()[rows["examples"]]
     source = examples["source_row"].to_numpy()[rows["examples"]]

@@ -102,25 +102,12 @@ def settings(long_tail: list[float], cold: list[float]) -> dict[str, dict[str, f
 def validate(run_dir: Path, split: Any, seed: int, grid: dict[str, dict[str, float]],
              fold_seeds: list[int]) -> dict[str, Any]:
     """Collect the ranker's rows once, then train and score each weight (module doc)."""
-    from omegaconf import OmegaConf
-
-    from engine.artifacts import ArtifactPaths
-    from pipeline.ranker_stage import (
-        candidate_rows,
-        group_weights,
-        held_out_view,
-        ranker_examples,
-        ranker_recommender,
-        subset_rows,
-        tune_fusion,
-    )
+    from benchmarks.ranker_cuts import collect_rows
+    from pipeline.ranker_stage import group_weights, held_out_view, subset_rows, tune_fusion
     from ranking.scorers import FUSION_SIGNALS, Fusion, group_split, train_lambdarank
 
     started = time.perf_counter()
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "ranking" / "default.yaml"))
-    recommender, _, _ = ranker_recommender(ArtifactPaths(run_dir), split, cfg)
-    examples = ranker_examples(split, cfg.get("max_rows"), seed, cut=cfg.get("cut_contexts"))
-    rows = candidate_rows(recommender, examples)
+    cfg, examples, rows = collect_rows(run_dir, split, seed, None)
     collect_s = time.perf_counter() - started
     starts = np.concatenate([[0], np.cumsum(rows["sizes"])])
 
