@@ -315,7 +315,11 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the load test; 0 when it ran (the goal is reported, not enforced), 2 on bad input
     or a server that does not come up."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.no_rerank and args.rerank_mode:
+        parser.error(f"--rerank-mode {args.rerank_mode} needs the cross-encoder; drop "
+                     "--no-rerank (or --rerank-mode)")
     source = Path(args.artifacts)
     try:
         ArtifactPaths(source).check(("towers", "catalogue", "index"))

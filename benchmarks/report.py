@@ -292,7 +292,9 @@ def _ranking_sections(payload: Mapping[str, Any]) -> list[str]:
                 f"{_get(ranker, 'examples', 'by_target_segment')}), "
                 f"{_get(ranker, 'examples', 'groups_used')} with the target among the "
                 f"candidates; {ranker.get('best_round')} rounds (early stopping on held-out "
-                f"users: NDCG@10 {_fmt(ranker.get('held_out_ndcg_at_10'))})",
+                f"users: NDCG@10 {_fmt(ranker.get('held_out_ndcg_at_10'))}"
+                f"{', weighted by the segment weights' if ranker.get('segment_weights') else ''}"
+                ")",
                 f"- fusion baseline weights (chosen on the same rows): "
                 f"{_get(ranker, 'fusion', 'weights')}",
                 f"- segment weights in the objective (by target): "
@@ -300,8 +302,9 @@ def _ranking_sections(payload: Mapping[str, Any]) -> list[str]:
         view = (ranker.get("held_out_view") or {}).get("masked")
         if view:
             names = ("overall", "head", "long_tail", "cold")
-            out += ["", "Validation (the ranker's held-out users, rows whose target a source "
-                    "returned, history masked), R@10 / N@10:", ""]
+            out += ["", "Validation (the ranker's held-out users: full sessions and their cut "
+                    "copies, rows whose target a source returned, history masked), "
+                    "R@10 / N@10:", ""]
             out += _table(["order", *names], [
                 [system, *[f"{_fmt(_get(values, n, 'recall_at_10'))} / "
                            f"{_fmt(_get(values, n, 'ndcg_at_10'))}" for n in names]]

@@ -3,10 +3,11 @@
 The real task (``train.py stage=reranker``) leaves the listwise loss at chance on Amazon (the
 positive among 8 negatives mined from the towers' and BM25's top candidates). This asks
 whether that is the task or the machinery: the same ``Reranker`` (built from the bundled
-MiniLM), the same ``train_reranker`` loop, loss and learning rate, on an easy listwise task
-from the same catalogue — context: an item's title; positive: that item's text; negatives: 8
-random other items' texts — for ``--steps`` steps, scored on held-out groups of the same kind
-(candidates shuffled) before and after.
+MiniLM), the same ``train_reranker`` loop and loss, at ``--lr`` (1e-4: the learning rate of
+this session's Amazon run), on an easy listwise task from the same catalogue — context: an
+item's title; positive: that item's text; negatives: 8 random other items' texts — for
+``--steps`` steps, scored before and after on held-out groups of the same kind (candidates
+shuffled) whose items never appear in a training group.
 
     python -m benchmarks.rerank_sanity --artifacts artifacts/amazon_scientific_bert
 
@@ -34,16 +35,20 @@ def control_groups(titles: list[str], texts: list[str], n: int, negatives: int, 
     groups (title, shuffled candidates, index of its text)."""
     rng = random.Random(seed)
     rows = list(range(len(texts)))
+    rng.shuffle(rows)
+    cut = len(rows) * 4 // 5  # items of validation groups appear in no training group
+    train_rows, valid_rows = rows[:cut], rows[cut:]
 
-    def group() -> tuple[str, list[str]]:
-        i = rng.choice(rows)
-        others = [j for j in rng.sample(rows, negatives + 1) if j != i][:negatives]
+    def group(pool: list[int]) -> tuple[str, list[str]]:
+        i = rng.choice(pool)
+        others = [j for j in rng.sample(pool, min(len(pool), negatives + 1))
+                  if j != i and texts[j] != texts[i]][:negatives]
         return titles[i], [texts[i]] + [texts[j] for j in others]
 
-    train = [group() for _ in range(n)]
+    train = [group(train_rows) for _ in range(n)]
     valid = []
     for _ in range(max(1, n // 4)):
-        context, candidates = group()
+        context, candidates = group(valid_rows)
         order = list(range(len(candidates)))
         rng.shuffle(order)
         valid.append((context, [candidates[o] for o in order], order.index(0)))
@@ -60,8 +65,9 @@ def run(catalogue: Any, steps: int, lr: float, groups: int, seed: int) -> dict[s
                                   catalogue["text"].astype(str).tolist(), groups, 8, seed)
     reranker = Reranker(get_model_path(), max_length=64, seed=seed)
     started = time.perf_counter()
-    out = train_reranker(reranker, train, valid, lr=lr, max_steps=steps, seed=seed,
-                         show_progress=False)
+    epochs = -(-steps * 4 // len(train))  # 4 groups a step: enough passes for ``steps``
+    out = train_reranker(reranker, train, valid, epochs=epochs, lr=lr, max_steps=steps,
+                         seed=seed, show_progress=False)
     history = out["loss_history"]
     return {"steps": len(history), "lr": lr, "train_groups": len(train),
             "valid_groups": len(valid), "chance_loss": float(np.log(9)),

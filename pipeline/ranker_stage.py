@@ -177,10 +177,17 @@ def held_out_view(rows: Mapping[str, Any], held: np.ndarray, scores: np.ndarray
     ranker's ``scores`` (of the held rows, in order) and for the towers', BM25's and the
     zero-shot order of the same candidates (references: a source's own top 10 is always among
     the merged candidates, so its order there is its order alone). Groups whose target no
-    source returned are not in ``rows``; they score 0 for every system alike."""
+    source returned are not in ``rows``; they score 0 for every system alike. The held-out
+    groups are every kind of row the stage trains on: full sessions and, with
+    ``cut_contexts``, their copies cut to k item events (the benchmark's ``cold_k``), so the
+    figures mix the two. ``scores`` come from the early-stopped model, whose rounds were
+    chosen on these same groups (a mildly optimistic view, the same for every setting)."""
     from ranking.scorers import COLUMN, ndcg_of_positive
 
     row_held = np.repeat(held, rows["sizes"])
+    if len(scores) != int(row_held.sum()):
+        raise ValueError(f"{len(scores)} scores for the {int(row_held.sum())} rows of the "
+                         "held-out groups; score exactly those rows, in order")
     features, labels = rows["features"][row_held], rows["labels"][row_held]
     sizes, segments = rows["sizes"][held], np.asarray(rows["segments"], dtype=object)[held]
     systems = {"ranker": np.asarray(scores, np.float64)} | {
@@ -209,11 +216,15 @@ def group_weights(segments: Sequence[str], weights: Mapping[str, float] | None
     (``ranking.segment_weights``; a segment not named weighs 1); None when all are 1."""
     if not weights:
         return None
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"ranking.segment_weights must map segments to weights, e.g. "
+                         f"{{long_tail: 2.5, unseen: 2}}; got {weights!r}")
     unknown = sorted(set(weights) - {"head", "long_tail", "new", "unseen"})
     if unknown:
         raise ValueError(f"ranking.segment_weights: unknown segments {unknown}; expected some "
                          "of head, long_tail, new, unseen")
-    if not all(isinstance(v, (int, float)) and v > 0 for v in weights.values()):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+               for v in weights.values()):
         raise ValueError(f"ranking.segment_weights must be numbers > 0, got {dict(weights)}")
     out = np.array([float(weights.get(segment, 1.0)) for segment in segments])
     return None if np.all(out == 1.0) else out
@@ -285,8 +296,9 @@ def train_ranker_for_run(run_dir: str | Path, split: SplitData, cfg: Mapping[str
     from ranking.scorers import train_lambdarank
 
     paths = ArtifactPaths(run_dir)
-    weights = dict(cfg.get("segment_weights") or {})
+    weights = cfg.get("segment_weights") or {}
     group_weights((), weights)  # a bad setting stops before the candidates are collected
+    weights = dict(weights)
     started = time.perf_counter()
     recommender, quotas, hidden = ranker_recommender(paths, split, cfg, drop_sources)
     cut = dict(cfg.get("cut_contexts") or {})

@@ -140,7 +140,9 @@ def group_split(users: Sequence[str], share: float, seed: int) -> np.ndarray:
 
 def ndcg_of_positive(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
                      k: int = 10) -> np.ndarray:
-    """Per group, NDCG@k of its single positive under ``scores`` (ties count against it)."""
+    """Per group, NDCG@k of its single positive under ``scores``; only strictly higher scores
+    rank above it, so ties go in the positive's favour (e.g. a BM25 score of 0 shared with
+    every other unmatched candidate)."""
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     pos_score = np.repeat(scores[labels > 0], sizes)
     above = np.add.reduceat((scores > pos_score).astype(np.int64), starts)  # 0-based rank

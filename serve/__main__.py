@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Check, load, then serve until interrupted; returns the exit status (0, or 2)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.no_rerank and args.rerank_mode:
+        parser.error(f"--rerank-mode {args.rerank_mode} needs the cross-encoder; drop "
+                     "--no-rerank (or --rerank-mode)")
     log_to_stderr(args.log_level.upper(), "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.reload_every < 0:

@@ -358,10 +358,17 @@ def test_held_out_view_masks_the_session_but_keeps_the_target() -> None:
     assert masked["bm25"]["overall"]["ndcg_at_10"] == 1.0
     assert masked["towers"]["long_tail"]["recall_at_10"] == 1.0
     assert masked["towers"]["head"]["ndcg_at_10"] is None  # no head group held out
+    # a held-out subset of groups of unequal sizes: the scores are those of the held rows only
+    rows3 = {"features": np.vstack([feats[:2], feats]), "labels": np.r_[[1, 0], rows["labels"]],
+             "sizes": np.array([2, 3, 3]), "segments": ["head", "long_tail", "unseen"]}
+    part = held_out_view(rows3, np.array([False, True, True]), ranker)
+    assert part["groups"] == view["groups"] and part["masked"] == view["masked"]
+    with pytest.raises(ValueError, match="scores"):
+        held_out_view(rows3, np.array([True, True, True]), ranker)
 
 
-def test_a_bad_segment_weight_stops_the_stage_before_any_work(tiny_artifacts: Path,
-                                                              tiny_split) -> None:
+def test_a_bad_segment_weight_stops_the_stage_before_any_work(tiny_artifacts: Path, tiny_split,
+                                                              monkeypatch) -> None:
     from omegaconf import OmegaConf
 
     from pipeline.ranker_stage import train_ranker_for_run
@@ -369,7 +376,13 @@ def test_a_bad_segment_weight_stops_the_stage_before_any_work(tiny_artifacts: Pa
     cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent / "conf"
                                                 / "ranking" / "default.yaml"))
     before = sorted(p.name for p in tiny_artifacts.iterdir())
-    for weights, message in (({"tail": 2.0}, "unknown segments"), ({"long_tail": -1}, "> 0")):
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the candidates were being collected")
+
+    monkeypatch.setattr("pipeline.ranker_stage.ranker_recommender", no_work)
+    for weights, message in (({"tail": 2.0}, "unknown segments"), ({"long_tail": -1}, "> 0"),
+                             ({"long_tail": True}, "> 0"), (2, "must map segments")):
         with pytest.raises(ValueError, match=message):
             train_ranker_for_run(tiny_artifacts, tiny_split, {**cfg, "segment_weights": weights},
                                  seed=0)

@@ -493,5 +493,8 @@ def test_rerank_sanity_control_groups_put_the_items_own_text_where_they_say() ->
     for context, candidates in train:
         assert len(candidates) == 9 and candidates[0] == texts[titles.index(context)]
         assert candidates.count(candidates[0]) == 1  # the item is never its own negative
+    trained = {titles.index(c) for c, group in train} | {texts.index(t) for _, g in train
+                                                             for t in g}
     for context, candidates, positive in valid:
         assert candidates[positive] == texts[titles.index(context)]
+        assert not trained & ({titles.index(context)} | {texts.index(t) for t in candidates})

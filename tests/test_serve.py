@@ -431,6 +431,23 @@ def test_cli_rerank_mode_overrides_the_runs_policy(tiny_artifacts: Path,
     with pytest.raises(SystemExit) as stop, redirect_stderr(io.StringIO()) as err:
         serve_main([*common, "--rerank-mode", "sometimes"])
     assert stop.value.code == 2 and "invalid choice: 'sometimes'" in err.getvalue()
+    with pytest.raises(SystemExit) as stop, redirect_stderr(io.StringIO()) as err:
+        serve_main([*common, "--rerank-mode", "always", "--no-rerank"])
+    assert stop.value.code == 2 and "needs the cross-encoder" in err.getvalue()
+
+
+def test_a_reload_keeps_the_rerank_mode(tiny_artifacts: Path) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from serve.reload import reload_watcher
+
+    state = SimpleNamespace(recommender=Recommender.from_artifacts(tiny_artifacts,
+                                                                   rerank_mode="always"),
+                            write_lock=threading.Lock())
+    watcher = reload_watcher(state, SimpleNamespace(counts=None), every_s=60.0)
+    reloaded = watcher.load()
+    assert (reloaded.rerank_mode, reloaded.policy.mode) == ("always", "always")
 
 
 # ---- the load test ------------------------------------------------------------------------------
@@ -455,12 +472,12 @@ def test_load_test_runs_against_a_real_server(tiny_artifacts: Path, tmp_path: Pa
     out = tmp_path / "load.json"
     assert load_test.main(["--artifacts", str(tiny_artifacts), "--requests", "24",
                            "--duration", "30", "--concurrency", "1,3", "--adds", "1",
-                           "--warmup", "2", "--no-rerank", "--out", str(out)]) == 0
+                           "--warmup", "2", "--rerank-mode", "always", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [level["concurrency"] for level in result["levels"]] == [1, 3]
     for level in result["levels"]:
         assert (level["requests"], level["errors"], level["adds"]) == (24, 0, 1)
         assert level["delete_errors"] == 0 and level["latency_ms"]["p50"] > 0
-        assert level["reranked"] == 0  # --no-rerank: no answer re-scored
+        assert level["reranked"] == level["requests"]  # always: every answer re-scored
     assert result["config"]["host"] == "127.0.0.1" and result["goal"]["zero_errors"]
     assert ArtifactPaths(tiny_artifacts).catalogue.read_bytes() == before  # served a copy
