@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from benchmarks.machine import machine_info  # noqa: E402
 from engine.artifacts import ArtifactPaths  # noqa: E402 - json-only, no torch
+from engine.cli import RERANK_MODES  # noqa: E402
 
 HOST = "127.0.0.1"  # never any other address: the server under test is not for the network
 SATURATION_SHARE = 0.95
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=20, help="requests before measuring")
     parser.add_argument("--k", type=positive(int), default=10, help="items per request")
     parser.add_argument("--no-rerank", action="store_true", help="serve without the reranker")
-    parser.add_argument("--rerank-mode", choices=("auto", "always", "never"), default=None,
+    parser.add_argument("--rerank-mode", choices=RERANK_MODES, default=None,
                         help="the service's --rerank-mode (default: the run's policy)")
     parser.add_argument("--engine-threads", type=positive(int), default=2,
                         help="server --engine-threads")

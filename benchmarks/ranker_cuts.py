@@ -77,7 +77,12 @@ def run_validation(paths: Any, module: str, argv: list[str] | None,
     from engine.artifacts import save_json
 
     started = time.perf_counter()
-    seed, data_cfg, split = run_split(paths)
+    try:
+        paths.check(("config", "towers"))
+        seed, data_cfg, split = run_split(paths)
+    except (ValueError, OSError) as err:  # engine and data errors are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     found = validate_(seed, split)
     result = {
         **provenance(f"python -m benchmarks.{module} " + " ".join(argv or sys.argv[1:]),

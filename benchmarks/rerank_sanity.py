@@ -65,9 +65,10 @@ def run(catalogue: Any, steps: int, lr: float, groups: int, seed: int) -> dict[s
                                   catalogue["text"].astype(str).tolist(), groups, 8, seed)
     reranker = Reranker(get_model_path(), max_length=64, seed=seed)
     started = time.perf_counter()
-    epochs = -(-steps * 4 // len(train))  # 4 groups a step: enough passes for ``steps``
-    out = train_reranker(reranker, train, valid, epochs=epochs, lr=lr, max_steps=steps,
-                         seed=seed, show_progress=False)
+    per_step = 4  # groups a step, as the reranker stage trains
+    out = train_reranker(reranker, train, valid, epochs=-(-steps * per_step // len(train)),
+                         groups_per_step=per_step, lr=lr, max_steps=steps, seed=seed,
+                         show_progress=False)
     history = out["loss_history"]
     return {"steps": len(history), "lr": lr, "train_groups": len(train),
             "valid_groups": len(valid), "chance_loss": float(np.log(9)),
@@ -96,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     from engine.artifacts import ArtifactPaths, save_json
 
     paths = ArtifactPaths(args.artifacts)
-    paths.check(("catalogue",))
-    catalogue = pd.read_parquet(paths.catalogue, columns=["title", "text"])
+    try:
+        paths.check(("catalogue",))
+        catalogue = pd.read_parquet(paths.catalogue, columns=["title", "text"])
+    except (ValueError, OSError) as err:  # engine errors are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     result = {**provenance("python -m benchmarks.rerank_sanity " + " ".join(argv or sys.argv[1:]),
                            args.seed, LIBRARIES),
               "artifacts": str(paths.root), "task": __doc__.split("\n\n")[1].replace("\n", " "),

@@ -11,6 +11,7 @@ DEFAULT_ARTIFACTS = "artifacts/demo"
 # than it saves, and under load the threads of concurrent requests fight over the cores);
 # concurrency comes from serving requests side by side (`python -m serve --engine-threads`)
 DEFAULT_SERVE_THREADS = 1
+RERANK_MODES = ("auto", "always", "never")  # rerank.policy.MODES, without importing torch
 
 
 def positive_int(text: str) -> int:

@@ -300,11 +300,10 @@ class Recommender:
             else:
                 result = self._fallback(r, state)
             timings = {"encode": share.get("encode", 0.0), "search": share.get("search", 0.0),
-                       "rank": share.get("rank", 0.0)}
-            # the session's own time (reasons, output and its rerank) on top of its shares
-            timings["total"] = round(sum(timings.values()) + resolve_ms
-                                     + _ms(time.perf_counter() - own), 3)
-            timings = {**timings, "rerank": result["timings_ms"]["rerank"]}
+                       "rank": share.get("rank", 0.0), "rerank": result["timings_ms"]["rerank"]}
+            # the shared stages' share, then the session's own time (its rerank included)
+            timings["total"] = round(timings["encode"] + timings["search"] + timings["rank"]
+                                     + resolve_ms + _ms(time.perf_counter() - own), 3)
             result["timings_ms"] = {**timings, "batch_size": len(resolved)}
             out.append(result)
         return out

@@ -219,10 +219,12 @@ def group_weights(segments: Sequence[str], weights: Mapping[str, float] | None
     if not isinstance(weights, Mapping):
         raise ValueError(f"ranking.segment_weights must map segments to weights, e.g. "
                          f"{{long_tail: 2.5, unseen: 2}}; got {weights!r}")
-    unknown = sorted(set(weights) - {"head", "long_tail", "new", "unseen"})
+    from recdata import TARGET_SEGMENTS
+
+    unknown = sorted(set(weights) - set(TARGET_SEGMENTS))
     if unknown:
         raise ValueError(f"ranking.segment_weights: unknown segments {unknown}; expected some "
-                         "of head, long_tail, new, unseen")
+                         f"of {', '.join(TARGET_SEGMENTS)}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
                for v in weights.values()):
         raise ValueError(f"ranking.segment_weights must be numbers > 0, got {dict(weights)}")

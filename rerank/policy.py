@@ -35,6 +35,7 @@ score, so their relative order never changes and the final list can be re-sorted
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -135,9 +136,11 @@ class RerankPolicy:
     def with_mode(self, mode: str) -> RerankPolicy:
         """A copy of this policy with ``mode`` (e.g. an operator's ``always`` over the run's
         ``auto``); the rules, blend weights and top-N are kept."""
-        return RerankPolicy(mode=mode, top_n=self.top_n, cold_max_events=self.cold_max_events,
-                            blend_alpha=self.blend_alpha, rerank_segments=self.rerank_segments,
-                            standardize=self.standardize, rules=self.rules)
+        if mode not in MODES:
+            raise RerankError(f"mode= must be one of {list(MODES)}, got {mode!r}")
+        other = copy.copy(self)
+        other.mode = mode
+        return other
 
     def __repr__(self) -> str:
         return (f"RerankPolicy(mode={self.mode!r}, top_n={self.top_n}, "

@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 
 from engine.artifacts import ArtifactPaths
-from engine.cli import DEFAULT_ARTIFACTS, DEFAULT_SERVE_THREADS, port_number, positive_int
+from engine.cli import (
+    DEFAULT_ARTIFACTS,
+    DEFAULT_SERVE_THREADS,
+    RERANK_MODES,
+    port_number,
+    positive_int,
+)
 from engine.loading import log_to_stderr, quiet_libraries, set_compute_threads
 from recdata.eventlog import LOG_FILE, EventLog
 from serve.auth import AuthConfigError, keys_from_env, keys_from_file
@@ -44,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"TCP port (default {DEFAULT_PORT})")
     parser.add_argument("--no-rerank", action="store_true",
                         help="do not load the cross-encoder (retrieval scores only)")
-    parser.add_argument("--rerank-mode", choices=("auto", "always", "never"), default=None,
+    parser.add_argument("--rerank-mode", choices=RERANK_MODES, default=None,
                         help="override the run's rerank policy: auto (its per-group rules, "
                              "decided on validation), always (re-score the top N of every "
                              "session), never; default: the run's own policy")

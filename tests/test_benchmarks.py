@@ -462,3 +462,14 @@ def test_the_reports_ranker_section_shows_its_weights_and_held_out_view(
     text = "\n".join(_ranking_sections({"ranker": report}))
     assert "segment weights in the objective (by target): {'head': 1.0, 'long_tail'" in text
     assert "| zero_shot |" in text and "history masked), R@10 / N@10" in text
+
+
+@pytest.mark.parametrize("module", ["ranker_weights", "ranker_cuts", "rerank_sanity"])
+def test_validation_tools_refuse_a_missing_run_in_one_line(module: str, tmp_path: Path,
+                                                           capsys) -> None:
+    import importlib
+
+    tool = importlib.import_module(f"benchmarks.{module}")
+    assert tool.main(["--artifacts", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no artifacts directory") and "\n" not in err

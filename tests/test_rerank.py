@@ -202,6 +202,8 @@ def test_policy_modes_and_segment_choice() -> None:
     forced = RerankPolicy(top_n=7, blend_alpha=0.3, rules=rules).with_mode("always")
     assert (forced.mode, forced.top_n, forced.blend_alpha) == ("always", 7, 0.3)
     assert forced.rules == RerankPolicy(rules=rules).rules
+    with pytest.raises(RerankError, match="mode= must be one of"):
+        forced.with_mode("sometimes")
     assert RerankPolicy(mode="always", top_n=5).select(50, SEGMENTS).tolist() == [True] * 5 + [
         False]
     only_new = RerankPolicy(rerank_segments=("new",))
