@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import random
 import secrets
@@ -36,8 +35,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchmarks.machine import machine_info  # noqa: E402
-from engine.artifacts import ArtifactPaths  # noqa: E402 - json-only, no torch
+from benchmarks.machine import provenance  # noqa: E402
+from engine.artifacts import ArtifactPaths, save_json  # noqa: E402 - json-only, no torch
 from engine.cli import RERANK_MODES  # noqa: E402
 
 HOST = "127.0.0.1"  # never any other address: the server under test is not for the network
@@ -363,8 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{level['latency_ms']['p50']} ms, errors {level['errors']}", flush=True)
         finally:
             stop_server(server)
-    result = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(LIBRARIES), "server": health,
+    result = {**provenance("python -m benchmarks.load_test " + " ".join(
+                  sys.argv[1:] if argv is None else argv), args.seed, LIBRARIES),
+              "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "server": health,
               "config": {"artifacts": str(source), "requests": args.requests,
                          "duration_s": args.duration, "concurrency": args.concurrency,
                          "adds": args.adds, "k": k, "no_rerank": args.no_rerank,
@@ -374,8 +375,7 @@ def main(argv: list[str] | None = None) -> int:
               "levels": levels}
     result["goal"] = judge(levels)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_json(out, result)  # atomic: a killed run leaves the previous file whole
     print(table(result))
     print(f"wrote {out}")
     return 0

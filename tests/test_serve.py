@@ -480,4 +480,6 @@ def test_load_test_runs_against_a_real_server(tiny_artifacts: Path, tmp_path: Pa
         assert level["delete_errors"] == 0 and level["latency_ms"]["p50"] > 0
         assert level["reranked"] == level["requests"]  # always: every answer re-scored
     assert result["config"]["host"] == "127.0.0.1" and result["goal"]["zero_errors"]
+    assert result["command"].startswith("python -m benchmarks.load_test --artifacts")
+    assert {"commit", "dirty", "seed", "machine"} <= set(result)
     assert ArtifactPaths(tiny_artifacts).catalogue.read_bytes() == before  # served a copy
